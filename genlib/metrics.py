@@ -1,0 +1,398 @@
+"""The book's evaluation protocol (DESIGN.md): binned KL against the true eight Gaussians with its
+reference points (estimator floor, parametric oracle, KDE baseline), NLL, exact W2, MMD, mode
+statistics, sampling cost, and the digits classifier's Frechet distance and label entropy."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from . import data as _data
+from ._util import check_positive_float, check_positive_int, check_tensor, resolve_device
+
+__all__ = [
+    "GRID_BINS",
+    "GRID_LIM",
+    "KL_EPS",
+    "grid_edges",
+    "histogram2d",
+    "binned_kl",
+    "binned_kl_floor",
+    "kde_baseline",
+    "kde_binned_kl",
+    "parametric_oracle",
+    "nll",
+    "true_entropy",
+    "w2",
+    "w2_reference",
+    "mmd",
+    "mode_stats",
+    "sampling_cost",
+    "evaluate",
+    "DigitsClassifier",
+    "digits_classifier",
+    "frechet_distance",
+    "label_entropy",
+    "predicted_labels",
+]
+
+GRID_BINS = 40
+GRID_LIM = 4.5
+KL_EPS = 1e-6
+PROTOCOL_SAMPLES = 100_000
+# Seeds of the protocol's fresh draws, kept away from the training seeds (0, 1, 2, ...).
+EVAL_SEED = 10_000
+
+
+def grid_edges(bins: int = GRID_BINS, lim: float = GRID_LIM) -> torch.Tensor:
+    """The bins + 1 edges of the protocol's grid on [-lim, lim] (float64, CPU)."""
+    return torch.linspace(-lim, lim, bins + 1, dtype=torch.float64)
+
+
+def histogram2d(samples: torch.Tensor, bins: int = GRID_BINS, lim: float = GRID_LIM) -> torch.Tensor:
+    """Fraction of all samples in each cell of the grid (samples outside the grid are lost mass)."""
+    samples = check_tensor("samples", samples, ndim=2, last_dim=2)
+    x = samples.detach().to(device="cpu", dtype=torch.float64)
+    width = 2 * lim / bins
+    idx = torch.floor((x + lim) / width).long()
+    inside = ((idx >= 0) & (idx < bins)).all(1)
+    idx = idx[inside]
+    flat = idx[:, 0] * bins + idx[:, 1]
+    counts = torch.bincount(flat, minlength=bins * bins).to(torch.float64)
+    return counts.view(bins, bins) / x.shape[0]
+
+
+def _kl_of_masses(p: torch.Tensor, q: torch.Tensor) -> float:
+    """KL over the grid cells plus one cell for everything outside the grid (so lost mass is penalised)."""
+    p = torch.cat([p.flatten(), (1 - p.sum()).clamp_min(0).reshape(1)])
+    q = torch.cat([q.flatten(), (1 - q.sum()).clamp_min(0).reshape(1)])
+    p = p + KL_EPS
+    q = q + KL_EPS
+    p = p / p.sum()
+    q = q / q.sum()
+    return float((p * (p / q).log()).sum())
+
+
+@lru_cache(maxsize=4)
+def _true_masses(bins: int, lim: float) -> torch.Tensor:
+    edges = grid_edges(bins, lim)
+    return _data.eight_gaussians_density().bin_masses(edges, edges)
+
+
+def binned_kl(samples: torch.Tensor, reference: _data.IsotropicGaussianMixture | None = None) -> float:
+    """The protocol's binned KL(P || Q), P the exact cell masses of the true mixture (default: the eight
+    Gaussians) on the 40 x 40 grid on [-4.5, 4.5]^2, Q the histogram of `samples` (the protocol uses 100,000).
+
+    1e-6 is added to every cell of both and both are renormalised. Mass outside the grid goes into one
+    extra cell of P and Q, so a model that throws samples off the grid pays for them.
+    """
+    samples = check_tensor("samples", samples, ndim=2, last_dim=2)
+    if reference is None:
+        p = _true_masses(GRID_BINS, GRID_LIM)
+    else:
+        edges = grid_edges()
+        p = reference.bin_masses(edges, edges)
+    return _kl_of_masses(p, histogram2d(samples))
+
+
+def binned_kl_floor(n: int = PROTOCOL_SAMPLES, repeats: int = 5, seed: int = EVAL_SEED) -> float:
+    """The estimator's floor: the mean binned KL of n true samples (what a perfect model scores)."""
+    check_positive_int("n", n)
+    check_positive_int("repeats", repeats)
+    mix = _data.eight_gaussians_density()
+    vals = [binned_kl(mix.sample(n, torch.Generator().manual_seed(seed + r))) for r in range(repeats)]
+    return float(np.mean(vals))
+
+
+def _sample_kde(points: torch.Tensor, bandwidth: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    idx = torch.randint(points.shape[0], (n,), generator=generator)
+    return points[idx] + bandwidth * torch.randn(n, points.shape[1], generator=generator)
+
+
+def kde_binned_kl(points: torch.Tensor, bandwidth: float, n: int = PROTOCOL_SAMPLES, seed: int = EVAL_SEED) -> float:
+    """Binned KL of a Gaussian KDE of `points` with the given bandwidth (n samples from the KDE)."""
+    points = check_tensor("points", points, ndim=2, last_dim=2).detach().cpu().float()
+    check_positive_float("bandwidth", bandwidth)
+    return binned_kl(_sample_kde(points, bandwidth, n, torch.Generator().manual_seed(seed)))
+
+
+def kde_baseline(train: torch.Tensor | None = None, bandwidths=None) -> dict:
+    """The KDE reference point: a Gaussian KDE of the training set (default ``eight_gaussians(2000, seed=0)``)
+    with its best bandwidth. Returns {'binned_kl', 'bandwidth'}; about 0.036 on the protocol's set."""
+    if train is None:
+        train = _data.eight_gaussians(2000, seed=0)
+    train = check_tensor("train", train, ndim=2, last_dim=2).detach().cpu()
+    if bandwidths is None:
+        bandwidths = np.round(np.arange(0.10, 0.41, 0.02), 3)
+    scores = {float(h): kde_binned_kl(train, float(h)) for h in bandwidths}
+    best = min(scores, key=scores.get)
+    return {"binned_kl": scores[best], "bandwidth": best, "scores": scores}
+
+
+def parametric_oracle(train: torch.Tensor | None = None, seed: int = 0) -> float:
+    """Binned KL of a GMM with the true K = 8 fitted by maximum likelihood to the training set
+    (scikit-learn's EM, full covariances): the price of finite data with the right model family."""
+    from sklearn.mixture import GaussianMixture
+
+    if train is None:
+        train = _data.eight_gaussians(2000, seed=0)
+    train = check_tensor("train", train, ndim=2, last_dim=2)
+    gm = GaussianMixture(8, covariance_type="full", n_init=5, random_state=seed, tol=1e-6, max_iter=1000)
+    gm.fit(train.detach().cpu().double().numpy())
+    rng_state = np.random.RandomState(EVAL_SEED)
+    gm.random_state = rng_state
+    x, _ = gm.sample(PROTOCOL_SAMPLES)
+    return binned_kl(torch.from_numpy(x).float())
+
+
+def true_entropy() -> float:
+    """Differential entropy of the eight Gaussians in nats (about 2.61): the floor of any NLL."""
+    return _data.eight_gaussians_density().entropy()
+
+
+def nll(log_prob: Callable[[torch.Tensor], torch.Tensor] | torch.nn.Module, n: int = 20_000,
+        seed: int = EVAL_SEED, device=None, batch_size: int = 20_000) -> float:
+    """Mean negative log-likelihood in nats of n fresh true eight-Gaussians samples under `log_prob`
+    (a function or a model with ``log_prob``)."""
+    fn = log_prob.log_prob if hasattr(log_prob, "log_prob") else log_prob
+    if not callable(fn):
+        raise TypeError("log_prob: expected a callable or a model with a log_prob method")
+    check_positive_int("n", n)
+    if device is None and isinstance(log_prob, torch.nn.Module):
+        device = _model_device(log_prob)
+    x = _data.eight_gaussians_density().sample(n, torch.Generator().manual_seed(seed), device=device)
+    total = 0.0
+    for chunk in x.split(batch_size):
+        lp = fn(chunk)
+        if not bool(torch.isfinite(lp).all()):
+            raise ValueError("log_prob: returned NaN or infinite values on true samples")
+        total += float(lp.detach().double().sum())
+    return -total / n
+
+
+def w2(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Exact Wasserstein-2 distance between two equally weighted point clouds (POT's network simplex)."""
+    import ot
+
+    x = check_tensor("x", x, ndim=2).detach().cpu().double().numpy()
+    y = check_tensor("y", y, ndim=2).detach().cpu().double().numpy()
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x, y: dimensions differ ({x.shape[1]} vs {y.shape[1]})")
+    cost = ot.dist(x, y, metric="sqeuclidean")
+    a = np.full(len(x), 1.0 / len(x))
+    b = np.full(len(y), 1.0 / len(y))
+    val = ot.emd2(a, b, cost, numItermax=10_000_000)
+    return float(math.sqrt(max(val, 0.0)))
+
+
+def w2_reference(n: int = 2000, seed: int = EVAL_SEED) -> float:
+    """W2 between two independent sets of n true samples: what a perfect model scores."""
+    mix = _data.eight_gaussians_density()
+    return w2(mix.sample(n, torch.Generator().manual_seed(seed + 1)),
+              mix.sample(n, torch.Generator().manual_seed(seed + 2)))
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> float:
+    """Unbiased squared MMD between x and y with a sum of RBF kernels exp(-|a-b|^2 / (2 h^2))."""
+    x = check_tensor("x", x, ndim=2, min_rows=2).detach().double()
+    y = check_tensor("y", y, ndim=2, min_rows=2).detach().double().to(x.device)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x, y: dimensions differ ({x.shape[1]} vs {y.shape[1]})")
+
+    def k(a, b):
+        d2 = torch.cdist(a, b) ** 2
+        return sum(torch.exp(-d2 / (2 * h * h)) for h in bandwidths)
+
+    m, n = x.shape[0], y.shape[0]
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    sxx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    syy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+    return float(sxx + syy - 2 * kxy.mean())
+
+
+def mode_stats(samples: torch.Tensor, min_fraction: float = 0.01, radius_std: float = 3.0) -> dict:
+    """Modes covered (a mode counts when at least 1% of samples lie within 3 std of it) and the fraction
+    of samples within 3 std of some mode, for the eight Gaussians."""
+    samples = check_tensor("samples", samples, ndim=2, last_dim=2).detach().cpu().double()
+    mix = _data.eight_gaussians_density()
+    d = torch.cdist(samples, mix.means)
+    near = d < radius_std * mix.std
+    per_mode = near.float().mean(0)
+    return {
+        "modes_covered": int((per_mode >= min_fraction).sum()),
+        "on_mode": float(near.any(1).float().mean()),
+        "per_mode": per_mode.tolist(),
+    }
+
+
+def _model_device(model: torch.nn.Module):
+    p = next(model.parameters(), None)
+    if p is not None:
+        return p.device
+    b = next(model.buffers(), None)
+    return b.device if b is not None else torch.device("cpu")
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def sampling_cost(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, seed: int = EVAL_SEED) -> dict:
+    """Wall time (seconds) for ``model.sample(n)`` and the network evaluations it reported (``model.last_nfe``).
+
+    Returns {'seconds', 'nfe', 'samples'}; the samples are returned so that the protocol draws them once.
+    """
+    check_positive_int("n", n)
+    device = _model_device(model)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    _sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = model.sample(n, generator=gen)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "nfe": getattr(model, "last_nfe", None), "samples": x}
+
+
+def evaluate(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, with_nll: bool | None = None,
+             seed: int = EVAL_SEED) -> dict:
+    """The full eight-Gaussians protocol for a model with ``sample`` (and ``log_prob`` where it has one)."""
+    cost = sampling_cost(model, n, seed)
+    x = cost.pop("samples")
+    check_tensor("model.sample(n)", x, ndim=2, last_dim=2, finite=False)
+    finite = torch.isfinite(x).all(1)
+    x = x[finite]
+    mix = _data.eight_gaussians_density()
+    modes = mode_stats(x)
+    out = {
+        "binned_kl": binned_kl(x),
+        "w2": w2(x[:2000], mix.sample(2000, torch.Generator().manual_seed(seed + 2))),
+        "modes_covered": modes["modes_covered"],
+        "on_mode": modes["on_mode"],
+        "sample_seconds": cost["seconds"],
+        "nfe": cost["nfe"],
+        "non_finite": int((~finite).sum()),
+    }
+    if with_nll is None:
+        with_nll = _has_log_prob(model)
+    if with_nll:
+        with torch.no_grad():
+            out["nll"] = nll(model, seed=seed)
+    return out
+
+
+def _has_log_prob(model) -> bool:
+    fn = getattr(model, "log_prob", None)
+    return callable(fn) and not getattr(fn, "not_implemented", False)
+
+
+# ---------------------------------------------------------------------------------------- digits
+
+
+class DigitsClassifier(torch.nn.Module):
+    """A small CNN for the 8x8 digits (inputs in 0..16). ``features`` gives its 64-d penultimate layer."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 2x2
+            nn.Flatten(), nn.Linear(128, 64), nn.Tanh(),
+        )
+        self.head = nn.Linear(64, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 64-d penultimate features of images (B, 1, 8, 8) in 0..16."""
+        x = check_tensor("x", x, ndim=4, shape_tail=(1, 8, 8))
+        return self.body(x / 16.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+
+def _shift_augment(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shifted = [x]
+    for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        shifted.append(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))
+    return torch.cat(shifted), y.repeat(len(shifted))
+
+
+_CLASSIFIER: dict = {}
+
+
+def digits_classifier(device=None, progress: bool = False) -> DigitsClassifier:
+    """The book's digits classifier, trained once on the train split (seed 0) and cached on disk and in memory."""
+    from . import zoo
+
+    dev = resolve_device(device)
+    if dev not in _CLASSIFIER:
+        _CLASSIFIER[dev] = zoo.get("digits_classifier", dataset="digits", seed=0, device=dev, progress=progress)
+    return _CLASSIFIER[dev]
+
+
+def _train_classifier(model: DigitsClassifier, seed: int, device, progress: bool):
+    from .train import fit
+
+    d = _data.digits(device=device)
+    x, y = _shift_augment(d.train_x, d.train_y)
+    return fit(model, (x, y), steps=600, batch_size=128, lr=3e-3, weight_decay=1e-4, optimizer="adamw",
+               schedule="cosine", seed=seed, progress=progress, desc="digits classifier")
+
+
+def _images(name: str, x: torch.Tensor) -> torch.Tensor:
+    x = check_tensor(name, x, finite=True)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim == 2 and x.shape[1] == 64:
+        x = x.view(-1, 1, 8, 8)
+    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
+        raise ValueError(f"{name}: expected 8x8 images (N, 1, 8, 8) in 0..16, got {tuple(x.shape)}")
+    return x
+
+
+def frechet_distance(x: torch.Tensor, reference: torch.Tensor | None = None) -> float:
+    """Frechet distance between Gaussians fitted to the classifier features of images x (0..16 scale) and of
+    the reference images (default: the test split)."""
+    x = _images("x", x)
+    clf = digits_classifier(x.device)
+    if reference is None:
+        reference = _data.digits(device=x.device).test_x
+    reference = _images("reference", reference).to(x.device)
+    with torch.no_grad():
+        fa = clf.features(x.float()).double().cpu().numpy()
+        fb = clf.features(reference.float()).double().cpu().numpy()
+    mu_a, mu_b = fa.mean(0), fb.mean(0)
+    ca, cb = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+    # tr sqrt(ca cb) = sum of square roots of the (real, non-negative) eigenvalues of ca cb
+    eig = np.clip(np.real(np.linalg.eigvals(ca @ cb)), 0, None)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.sqrt(eig).sum())
+
+
+def label_entropy(x: torch.Tensor) -> float:
+    """Entropy (nats) of the classifier's predicted labels over images x: log 10 = 2.30 when every digit is
+    equally frequent, 0 when all samples are one digit."""
+    x = _images("x", x)
+    clf = digits_classifier(x.device)
+    with torch.no_grad():
+        labels = clf(x.float()).argmax(1).cpu()
+    freq = torch.bincount(labels, minlength=10).double() / labels.numel()
+    freq = freq[freq > 0]
+    return float(-(freq * freq.log()).sum())
+
+
+def predicted_labels(x: torch.Tensor) -> torch.Tensor:
+    """The classifier's predicted digit for each image (0..16 scale)."""
+    x = _images("x", x)
+    with torch.no_grad():
+        return digits_classifier(x.device)(x.float()).argmax(1)

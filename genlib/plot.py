@@ -1,0 +1,192 @@
+"""One plotting style for the whole book: samples against data, density heatmaps, digit grids,
+trajectories, and animations that work on the static site (``to_jshtml``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ._util import check_positive_int, check_tensor  # noqa: E402
+
+__all__ = [
+    "COLORS",
+    "LIM",
+    "style",
+    "grid",
+    "scatter",
+    "samples_vs_data",
+    "density",
+    "digits_grid",
+    "trajectories",
+    "animate",
+    "panels",
+]
+
+LIM = 4.5
+COLORS = {"data": "#9aa5b1", "model": "#1f6feb", "accent": "#d1495b", "noise": "#6c757d", "path": "#2a9d8f"}
+
+
+def style() -> None:
+    """Apply the book's matplotlib style (call once at the top of a notebook)."""
+    matplotlib.rcParams.update({
+        "figure.dpi": 100,
+        "savefig.dpi": 120,
+        "figure.figsize": (5, 4),
+        "axes.grid": False,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.titlesize": 11,
+        "axes.labelsize": 10,
+        "legend.frameon": False,
+        "font.size": 10,
+        "image.cmap": "viridis",
+        "animation.embed_limit": 40,
+    })
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def _square(ax, lim: float | None) -> None:
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+
+
+def grid(n: int = 200, lim: float = LIM, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An n x n grid on [-lim, lim]^2: (points (n*n, 2), xs (n,), ys (n,)) for evaluating densities."""
+    check_positive_int("n", n, minimum=2)
+    xs = torch.linspace(-lim, lim, n, device=device)
+    xx, yy = torch.meshgrid(xs, xs, indexing="xy")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1), xs, xs
+
+
+def scatter(x, ax=None, lim: float | None = LIM, color: str | None = None, s: float = 2, alpha: float = 0.5,
+            label: str | None = None, title: str | None = None, max_points: int = 5000):
+    """Scatter 2-D points (at most max_points) in square axes."""
+    x = _np(x)[:max_points]
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"x: expected points of shape (N, 2), got {x.shape}")
+    ax = ax or plt.gca()
+    ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, color=color or COLORS["model"], label=label, linewidths=0,
+               rasterized=True)
+    _square(ax, lim)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def samples_vs_data(samples, data, ax=None, lim: float | None = LIM, title: str | None = None):
+    """Model samples over the training data, in the book's colours."""
+    ax = ax or plt.gca()
+    scatter(data, ax, lim, color=COLORS["data"], label="data", alpha=0.4)
+    scatter(samples, ax, lim, color=COLORS["model"], label="samples", alpha=0.5)
+    ax.legend(loc="upper right", markerscale=4, fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def density(log_prob: Callable[[torch.Tensor], torch.Tensor], ax=None, lim: float = LIM, n: int = 200,
+            device=None, log: bool = True, title: str | None = None, cmap: str = "viridis", vmin: float | None = None):
+    """Heatmap of a (log-)density evaluated on an n x n grid."""
+    pts, xs, ys = grid(n, lim, device)
+    with torch.no_grad():
+        lp = torch.cat([log_prob(c) for c in pts.split(20_000)])
+    check_tensor("log_prob(grid)", lp, finite=False)
+    z = _np(lp).reshape(n, n)
+    if not log:
+        z = np.exp(z)
+    elif vmin is None:
+        vmin = max(np.nanmax(z) - 12, np.nanmin(z[np.isfinite(z)]))
+    ax = ax or plt.gca()
+    im = ax.imshow(z, origin="lower", extent=(-lim, lim, -lim, lim), cmap=cmap, vmin=vmin, interpolation="nearest")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return im
+
+
+def digits_grid(images, nrow: int = 10, ax=None, title: str | None = None, vmax: float = 16.0):
+    """A grid of 8x8 digits (N, 1, 8, 8) or (N, 8, 8) on the 0..16 scale, gray on white."""
+    x = _np(images)
+    if x.ndim == 4:
+        x = x[:, 0]
+    if x.ndim != 3 or x.shape[1:] != (8, 8):
+        raise ValueError(f"images: expected shape (N, 1, 8, 8) or (N, 8, 8), got {x.shape}")
+    n = x.shape[0]
+    ncol = min(nrow, n)
+    rows = int(np.ceil(n / ncol))
+    canvas = np.zeros((rows * 9 + 1, ncol * 9 + 1))
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        canvas[1 + 9 * r: 9 + 9 * r, 1 + 9 * c: 9 + 9 * c] = x[i]
+    ax = ax or plt.gca()
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def trajectories(traj, ax=None, lim: float | None = LIM, n_paths: int = 50, color: str | None = None,
+                 start_color: str | None = None, end_color: str | None = None, title: str | None = None):
+    """Paths of a sampler: traj of shape (T, N, 2); draws n_paths paths with their start and end points."""
+    t = _np(traj)
+    if t.ndim != 3 or t.shape[2] != 2:
+        raise ValueError(f"traj: expected shape (T, N, 2), got {t.shape}")
+    ax = ax or plt.gca()
+    k = min(n_paths, t.shape[1])
+    for i in range(k):
+        ax.plot(t[:, i, 0], t[:, i, 1], color=color or COLORS["path"], lw=0.6, alpha=0.6)
+    ax.scatter(t[0, :k, 0], t[0, :k, 1], s=6, color=start_color or COLORS["noise"], zorder=3, label="start")
+    ax.scatter(t[-1, :k, 0], t[-1, :k, 1], s=6, color=end_color or COLORS["accent"], zorder=3, label="end")
+    _square(ax, lim)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def panels(n: int, size: float = 2.6, ncols: int | None = None):
+    """A row (or grid) of n square panels: (fig, flat list of axes)."""
+    check_positive_int("n", n)
+    ncols = ncols or n
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    axes = list(axes.ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def animate(frames: Sequence, draw: Callable, interval: int = 200, figsize=(4, 4)):
+    """Turn a sequence of frames into an HTML animation (``to_jshtml``) that plays on the static site.
+
+    ``draw(ax, frame, i)`` draws one frame into a cleared axes. Returns an ``IPython.display.HTML``.
+    """
+    from IPython.display import HTML
+    from matplotlib import animation
+
+    frames = list(frames)
+    if not frames:
+        raise ValueError("frames: expected at least one frame")
+    fig, ax = plt.subplots(figsize=figsize)
+
+    def update(i):
+        ax.clear()
+        draw(ax, frames[i], i)
+        return ()
+
+    anim = animation.FuncAnimation(fig, update, frames=len(frames), interval=interval, blit=False)
+    html = anim.to_jshtml(default_mode="once")
+    plt.close(fig)
+    return HTML(html)

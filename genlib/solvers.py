@@ -1,0 +1,248 @@
+"""ODE, SDE and Langevin solvers shared by every family.
+
+One Euler, Heun or RK4 step serves the continuous normalizing flow, the probability-flow ODE of
+diffusion and flow matching alike. A state is a tensor or a tuple of tensors (for example a
+sample and its running log-density). Vector fields are called as ``f(t, x)`` with ``t`` a 0-d
+tensor on the state's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
+
+__all__ = [
+    "METHODS",
+    "NFE_PER_STEP",
+    "time_grid",
+    "odeint",
+    "sdeint",
+    "langevin",
+    "annealed_langevin",
+    "mala",
+]
+
+State = torch.Tensor | tuple[torch.Tensor, ...]
+METHODS = ("euler", "heun", "rk4")
+NFE_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
+
+
+def _map(fn, *states):
+    if isinstance(states[0], tuple):
+        return tuple(fn(*parts) for parts in zip(*states, strict=True))
+    return fn(*states)
+
+
+def _axpy(x: State, h, k: State) -> State:
+    return _map(lambda a, b: a + h * b, x, k)
+
+
+def _first(x: State) -> torch.Tensor:
+    return x[0] if isinstance(x, tuple) else x
+
+
+def time_grid(t0: float, t1: float, steps: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """steps + 1 equally spaced times from t0 to t1 (float64 unless `like` says otherwise), on like's device."""
+    check_positive_int("steps", steps)
+    device = like.device if like is not None else None
+    return torch.linspace(float(t0), float(t1), steps + 1, device=device, dtype=torch.float64)
+
+
+def _as_grid(ts, t0, t1, steps, x: torch.Tensor) -> torch.Tensor:
+    if ts is None:
+        return time_grid(t0, t1, steps, like=x)
+    ts = torch.as_tensor(ts, dtype=torch.float64, device=x.device).flatten()
+    if ts.numel() < 2:
+        raise ValueError(f"ts: expected at least two times, got {ts.numel()}")
+    return ts
+
+
+def odeint(
+    f: Callable[[torch.Tensor, State], State],
+    x0: State,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    steps: int = 100,
+    method: str = "euler",
+    ts: Sequence[float] | torch.Tensor | None = None,
+    return_trajectory: bool = False,
+):
+    """Integrate dx/dt = f(t, x) from t0 to t1 with fixed steps (or over the grid `ts`).
+
+    Returns the final state, or (final state, trajectory) where the trajectory stacks the first
+    tensor of the state at every grid time: shape (len(ts), *x.shape). Network evaluations cost
+    ``NFE_PER_STEP[method]`` per step.
+    """
+    check_choice("method", method, METHODS)
+    for part in (x0 if isinstance(x0, tuple) else (x0,)):
+        check_tensor("x0", part, min_rows=0)
+    grid = _as_grid(ts, t0, t1, steps, _first(x0))
+    dtype = _first(x0).dtype
+    x = x0
+    traj = [_first(x)] if return_trajectory else None
+    for i in range(grid.numel() - 1):
+        t = grid[i].to(dtype)
+        h = (grid[i + 1] - grid[i]).to(dtype)
+        if method == "euler":
+            x = _axpy(x, h, f(t, x))
+        elif method == "heun":
+            k1 = f(t, x)
+            k2 = f(t + h, _axpy(x, h, k1))
+            x = _map(lambda a, b, c, h=h: a + 0.5 * h * (b + c), x, k1, k2)
+        else:
+            k1 = f(t, x)
+            k2 = f(t + h / 2, _axpy(x, h / 2, k1))
+            k3 = f(t + h / 2, _axpy(x, h / 2, k2))
+            k4 = f(t + h, _axpy(x, h, k3))
+            x = _map(lambda a, b, c, d, e, h=h: a + h / 6 * (b + 2 * c + 2 * d + e), x, k1, k2, k3, k4)
+        if traj is not None:
+            traj.append(_first(x))
+    if traj is not None:
+        return x, torch.stack(traj)
+    return x
+
+
+def sdeint(
+    drift: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    diffusion: Callable[[torch.Tensor], torch.Tensor | float],
+    x0: torch.Tensor,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    steps: int = 100,
+    ts: Sequence[float] | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+    final_noise: bool = True,
+):
+    """Euler-Maruyama for dX = drift(t, X) dt + diffusion(t) dW from t0 to t1 (t1 < t0 integrates backwards).
+
+    With ``final_noise=False`` the last step adds no noise (the usual choice when the SDE ends on
+    the data). Returns the final state, or (final state, trajectory of shape (steps + 1, *x.shape)).
+    """
+    check_tensor("x0", x0)
+    grid = _as_grid(ts, t0, t1, steps, x0)
+    x = x0
+    traj = [x] if return_trajectory else None
+    n = grid.numel() - 1
+    for i in range(n):
+        t = grid[i].to(x.dtype)
+        h = (grid[i + 1] - grid[i]).to(x.dtype)
+        x = x + drift(t, x) * h
+        if final_noise or i < n - 1:
+            g = diffusion(t)
+            x = x + g * h.abs().sqrt() * randn(x.shape, like=x, generator=generator)
+        if traj is not None:
+            traj.append(x)
+    if traj is not None:
+        return x, torch.stack(traj)
+    return x
+
+
+def langevin(
+    score: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    step: float,
+    n_steps: int,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+):
+    """The unadjusted Langevin algorithm: x <- x + step * score(x) + sqrt(2 step) z.
+
+    Returns the final samples, or (final samples, trajectory of shape (n_steps + 1, *x.shape)).
+    """
+    check_tensor("x0", x0)
+    step = check_positive_float("step", step)
+    check_positive_int("n_steps", n_steps)
+    x = x0
+    traj = [x] if return_trajectory else None
+    for _ in range(n_steps):
+        x = x + step * score(x) + (2 * step) ** 0.5 * randn(x.shape, like=x, generator=generator)
+        if traj is not None:
+            traj.append(x)
+    if traj is not None:
+        return x, torch.stack(traj)
+    return x
+
+
+def annealed_langevin(
+    score: Callable[[torch.Tensor, float], torch.Tensor],
+    x0: torch.Tensor,
+    sigmas: Sequence[float],
+    steps_per_level: int = 100,
+    eps: float = 2e-5,
+    generator: torch.Generator | None = None,
+    final_denoise: bool = False,
+):
+    """Annealed Langevin dynamics (Song and Ermon, 2019): Langevin at each noise level, largest first,
+    with step eps * sigma^2 / sigma_min^2. ``score(x, sigma)`` is the score of the data noised by sigma.
+
+    With ``final_denoise`` the result is moved by Tweedie's formula x + sigma_min^2 score(x, sigma_min).
+    """
+    check_tensor("x0", x0)
+    sigmas = [check_positive_float("sigmas", float(s)) for s in sigmas]
+    if not sigmas:
+        raise ValueError("sigmas: expected at least one noise level")
+    check_positive_int("steps_per_level", steps_per_level)
+    check_positive_float("eps", eps)
+    sigma_min = min(sigmas)
+    x = x0
+    for s in sorted(sigmas, reverse=True):
+        step = eps * (s / sigma_min) ** 2
+        x = langevin(lambda y, s=s: score(y, s), x, step, steps_per_level, generator=generator)
+    if final_denoise:
+        x = x + sigma_min**2 * score(x, sigma_min)
+    return x
+
+
+def mala(
+    log_prob: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    step: float,
+    n_steps: int,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+):
+    """Metropolis-adjusted Langevin: a Langevin proposal accepted with the Metropolis-Hastings probability.
+
+    The score comes from autograd of `log_prob`. Returns (samples, acceptance rate), or (samples,
+    acceptance rate, trajectory) with ``return_trajectory``.
+    """
+    check_tensor("x0", x0)
+    step = check_positive_float("step", step)
+    check_positive_int("n_steps", n_steps)
+
+    def logp_and_grad(y: torch.Tensor):
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            lp = log_prob(y)
+            (grad,) = torch.autograd.grad(lp.sum(), y)
+        return lp.detach(), grad.detach()
+
+    def log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor) -> torch.Tensor:
+        diff = to - frm - step * grad_frm
+        return -(diff**2).flatten(1).sum(1) / (4 * step)
+
+    x = x0.detach()
+    lp, grad = logp_and_grad(x)
+    accepted = torch.zeros((), device=x.device)
+    traj = [x] if return_trajectory else None
+    for _ in range(n_steps):
+        prop = x + step * grad + (2 * step) ** 0.5 * randn(x.shape, like=x, generator=generator)
+        lp_prop, grad_prop = logp_and_grad(prop)
+        log_alpha = lp_prop + log_q(x, prop, grad_prop) - lp - log_q(prop, x, grad)
+        u = rand(log_alpha.shape, like=log_alpha, generator=generator)
+        accept = torch.log(u) < log_alpha
+        mask = accept.view(-1, *([1] * (x.ndim - 1)))
+        x = torch.where(mask, prop, x)
+        lp = torch.where(accept, lp_prop, lp)
+        grad = torch.where(mask, grad_prop, grad)
+        accepted = accepted + accept.float().mean()
+        if traj is not None:
+            traj.append(x)
+    rate = float(accepted) / n_steps
+    if traj is not None:
+        return x, rate, torch.stack(traj)
+    return x, rate

@@ -1,0 +1,120 @@
+import math
+
+import pytest
+import torch
+
+from genlib import data, metrics
+
+
+def test_binned_kl_floor_of_true_samples():
+    mix = data.eight_gaussians_density()
+    kl = metrics.binned_kl(mix.sample(100_000, torch.Generator().manual_seed(0)))
+    assert abs(kl - 0.0043) < 0.002
+    assert abs(metrics.binned_kl_floor() - 0.0043) < 0.002
+
+
+def test_binned_kl_detects_a_blurred_model():
+    mix = data.eight_gaussians_density()
+    blurred = data.IsotropicGaussianMixture(mix.means, 1.5 * mix.std)
+    assert metrics.binned_kl(blurred.sample(100_000, torch.Generator().manual_seed(0))) > 0.1
+
+
+def test_binned_kl_counts_samples_outside_the_grid_as_lost_mass():
+    x = data.eight_gaussians_density().sample(100_000, torch.Generator().manual_seed(0))
+    half_lost = torch.cat([x[:50_000], torch.full((50_000, 2), 10.0)])
+    # P puts almost no mass outside the grid, so Q's in-grid cells are half what they should be: KL ~ log 2
+    assert metrics.binned_kl(half_lost) > metrics.binned_kl(x[:50_000]) + 0.9 * math.log(2)
+
+
+def test_kde_baseline_and_oracle_reference_points():
+    kde = metrics.kde_baseline()
+    assert abs(kde["binned_kl"] - 0.036) < 0.006
+    assert 0.05 < kde["bandwidth"] < 0.4
+    oracle = metrics.parametric_oracle()
+    assert abs(oracle - 0.015) < 0.005
+    assert metrics.binned_kl_floor() < oracle < kde["binned_kl"]
+
+
+def test_nll_of_the_true_density_is_the_entropy():
+    mix = data.eight_gaussians_density()
+    assert abs(metrics.nll(lambda x: mix.log_prob(x.double())) - metrics.true_entropy()) < 0.02
+    wide = data.IsotropicGaussianMixture(mix.means, 2 * mix.std)
+    assert metrics.nll(lambda x: wide.log_prob(x.double())) > metrics.true_entropy() + 0.3
+
+
+def test_w2_is_zero_on_itself_and_grows_with_a_shift():
+    x = data.eight_gaussians(500, seed=0)
+    assert metrics.w2(x, x) < 1e-6
+    shifts = [metrics.w2(x, x + torch.tensor([s, 0.0])) for s in (0.5, 1.0, 2.0)]
+    assert shifts[0] == pytest.approx(0.5, rel=1e-3) and shifts[0] < shifts[1] < shifts[2]
+    ref = metrics.w2_reference(1000)
+    assert 0.1 < ref < 0.35
+
+
+def test_mmd_is_unbiased_and_separates():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 2, generator=g)
+    b = torch.randn(400, 2, generator=g)
+    vals = [metrics.mmd(torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g)) for _ in range(20)]
+    assert abs(sum(vals) / len(vals)) < 0.005  # unbiased: mean near 0 for equal laws (it can be negative)
+    assert metrics.mmd(a, b + 1.0) > 0.1
+
+
+def test_mode_stats():
+    mix = data.eight_gaussians_density()
+    x = mix.sample(8000, torch.Generator().manual_seed(0))
+    s = metrics.mode_stats(x)
+    assert s["modes_covered"] == 8 and s["on_mode"] > 0.98
+    collapsed = x[torch.cdist(x.double(), mix.means).argmin(1) < 3]
+    assert metrics.mode_stats(collapsed)["modes_covered"] == 3
+    assert metrics.mode_stats(torch.zeros(100, 2))["on_mode"] == 0.0
+
+
+class _TrueModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(1))
+        self.mix = data.eight_gaussians_density()
+
+    def sample(self, n, generator=None):
+        self.last_nfe = 0
+        return self.mix.sample(n, generator, device=self.anchor.device)
+
+    def log_prob(self, x):
+        return self.mix.log_prob(x.double()).float()
+
+
+def test_evaluate_runs_the_protocol_on_a_perfect_model():
+    out = metrics.evaluate(_TrueModel())
+    assert out["binned_kl"] < 0.007
+    assert out["modes_covered"] == 8 and out["on_mode"] > 0.98
+    assert abs(out["nll"] - metrics.true_entropy()) < 0.03
+    assert out["w2"] < 0.35 and out["nfe"] == 0 and out["sample_seconds"] > 0
+
+
+def test_digits_classifier_metrics(tmp_cache):
+    d = data.digits()
+    clf = metrics.digits_classifier()
+    acc = (clf(d.test_x).argmax(1) == d.test_y).float().mean().item()
+    assert acc >= 0.95
+    assert metrics.label_entropy(d.test_x) > 2.25
+    assert metrics.label_entropy(d.test_x[d.test_y == 3]) < 0.5
+    fd_real = metrics.frechet_distance(d.val_x)
+    fd_noise = metrics.frechet_distance(torch.rand(350, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 16)
+    assert fd_real < 0.2 * fd_noise
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: metrics.binned_kl(torch.zeros(10, 3)), "samples: expected last dimension 2"),
+        (lambda: metrics.binned_kl(torch.zeros(10, 2, dtype=torch.long)), "floating-point"),
+        (lambda: metrics.w2(torch.zeros(5, 2), torch.zeros(5, 3)), "dimensions differ"),
+        (lambda: metrics.mode_stats(torch.full((4, 2), float("nan"))), "NaN"),
+        (lambda: metrics.label_entropy(torch.zeros(4, 1, 7, 7)), "8x8 images"),
+        (lambda: metrics.kde_binned_kl(torch.zeros(5, 2), -1.0), "bandwidth"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()

@@ -1,0 +1,92 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from genlib import data, nn, train, zoo
+
+
+def _build(config):
+    return nn.MLP(2, 2, hidden=config["hidden"], depth=1)
+
+
+def _train(model, config, seed, device, progress):
+    x = data.eight_gaussians(256, seed=seed, device=device)
+    return train.fit(model, x, steps=config["steps"], batch_size=64, seed=seed, progress=progress,
+                     loss_fn=lambda m, b: (m(b) - b.flip(1)).pow(2).mean())
+
+
+@pytest.fixture
+def toy_recipe():
+    zoo.register("toy_test", "eight_gaussians", _build, _train, {"hidden": 8, "steps": 30}, "a test model")
+    yield "toy_test"
+    zoo._REGISTRY.pop(("toy_test", "eight_gaussians"), None)
+
+
+def test_cached_model_loads_with_identical_weights(tmp_cache, toy_recipe):
+    a = zoo.get(toy_recipe, seed=0, device="cpu", progress=False)
+    path = zoo.cache_path(toy_recipe, seed=0)
+    assert path.exists() and path.parent == tmp_cache
+    stamp = path.stat().st_mtime_ns
+    b = zoo.get(toy_recipe, seed=0, device="cpu", progress=False)
+    assert path.stat().st_mtime_ns == stamp  # loaded, not retrained
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+    assert b.history.loss == a.history.loss and not b.training
+
+
+def test_training_is_deterministic_without_cache(tmp_cache, toy_recipe):
+    a = zoo.get(toy_recipe, seed=1, cache=False, progress=False)
+    b = zoo.get(toy_recipe, seed=1, cache=False, progress=False)
+    c = zoo.get(toy_recipe, seed=2, cache=False, progress=False)
+    assert torch.equal(a.net[0].weight, b.net[0].weight)
+    assert not torch.equal(a.net[0].weight, c.net[0].weight)
+
+
+def test_corrupted_cache_entry_is_retrained(tmp_cache, toy_recipe):
+    a = zoo.get(toy_recipe, device="cpu", progress=False)
+    path = zoo.cache_path(toy_recipe)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="unusable"):
+        b = zoo.get(toy_recipe, device="cpu", progress=False)
+    assert torch.equal(a.net[0].weight, b.net[0].weight)
+    # the retrained entry replaced the corrupt one
+    assert torch.load(path, weights_only=True)["key"] == zoo.cache_key(toy_recipe)
+
+
+def test_mismatched_cache_entry_is_retrained(tmp_cache, toy_recipe):
+    zoo.get(toy_recipe, device="cpu", progress=False)
+    path = zoo.cache_path(toy_recipe)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = {k: torch.full_like(v, float("nan")) for k, v in payload["state_dict"].items()}
+    torch.save(payload, path)
+    with pytest.warns(UserWarning, match="non-finite"):
+        m = zoo.get(toy_recipe, device="cpu", progress=False)
+    assert torch.isfinite(m.net[0].weight).all()
+
+
+def test_cache_key_depends_on_config_and_seed(toy_recipe):
+    k0 = zoo.cache_key(toy_recipe, seed=0)
+    assert zoo.cache_key(toy_recipe, seed=1) != k0
+    zoo.register("toy_test", "eight_gaussians", _build, _train, {"hidden": 16, "steps": 30})
+    assert zoo.cache_key(toy_recipe, seed=0) != k0
+
+
+def test_get_on_device(tmp_cache, toy_recipe, device):
+    m = zoo.get(toy_recipe, device=device, progress=False)
+    assert next(m.parameters()).device.type == device.type
+
+
+def test_unknown_family_lists_what_exists():
+    with pytest.raises(KeyError, match="no model 'nope'"):
+        zoo.get("nope")
+    with pytest.raises(ValueError, match="seed"):
+        zoo.get("digits_classifier", dataset="digits", seed=-2)
+
+
+def test_import_genlib_is_light():
+    code = ("import sys, genlib; heavy = [m for m in ('matplotlib', 'sklearn', 'ot', 'scipy', 'ipywidgets', "
+            "'torchdiffeq', 'IPython') if m in sys.modules]; print(heavy); assert not heavy, heavy; "
+            "genlib.data; genlib.zoo; genlib.metrics; genlib.solvers; assert 'matplotlib' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
