@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 # Trained models are cached inside the checkout, so the test run warms the cache for the book build.
 export GENLIB_CACHE ?= $(CURDIR)/.cache/genlib
 export MPLBACKEND := Agg
+export GENLIB_PROGRESS := static
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: book test unit notebooks site lint clean clean-cache venv

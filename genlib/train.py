@@ -44,8 +44,44 @@ class History:
             self.extra.setdefault(k, []).append(float(v))
 
 
+class _StaticBar:
+    """A progress bar for executed notebooks on the static site: prints one tqdm-formatted line at the end."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        import time as _time
+
+        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
+        self.postfix = ""
+        self.start = _time.perf_counter()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        import sys
+        import time as _time
+
+        from tqdm import tqdm
+
+        if self.enabled:
+            line = tqdm.format_meter(self.n, self.total, _time.perf_counter() - self.start, prefix=self.desc,
+                                     postfix=self.postfix or None, ncols=100)
+            print(line, file=sys.stdout, flush=True)
+
+
 def progress_bar(total: int, desc: str, enabled: bool = True):
-    """A ``tqdm.auto`` progress bar (live in notebooks, plain text in logs and the static site)."""
+    """A ``tqdm.auto`` progress bar: a live widget in notebooks, text in terminals.
+
+    With ``GENLIB_PROGRESS=static`` (set by ``make book`` and ``make test``) it prints a single final
+    tqdm line instead, which reads well in the executed notebooks of the static site.
+    """
+    import os
+
+    if os.environ.get("GENLIB_PROGRESS", "auto") == "static":
+        return _StaticBar(total, desc, enabled)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=True, mininterval=0.5,
