@@ -1,0 +1,68 @@
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from genlib import data, plot, widgets  # noqa: E402
+
+
+def test_grid_covers_the_square():
+    pts, xs, ys = plot.grid(11, lim=2.0)
+    assert pts.shape == (121, 2) and xs[0] == -2 and xs[-1] == 2
+    assert torch.equal(pts.min(0).values, torch.tensor([-2.0, -2.0]))
+
+
+def test_density_heatmap_shows_the_modes():
+    mix = data.eight_gaussians_density()
+    fig, ax = plt.subplots()
+    im = plot.density(lambda x: mix.log_prob(x.double()), ax=ax, n=90)
+    z = im.get_array()
+    assert z.shape == (90, 90)
+    # brightest pixel at a mode (radius 2 sqrt 2), darkest far from all modes
+    i, j = np.unravel_index(np.argmax(z), z.shape)
+    xs = np.linspace(-4.5, 4.5, 90)
+    assert abs(np.hypot(xs[j], xs[i]) - 2 * np.sqrt(2)) < 0.3
+    plt.close(fig)
+
+
+def test_digits_grid_lays_out_images():
+    fig, ax = plt.subplots()
+    plot.digits_grid(torch.ones(12, 1, 8, 8) * 16, nrow=5, ax=ax)
+    canvas = ax.images[0].get_array()
+    assert canvas.shape == (3 * 9 + 1, 5 * 9 + 1)
+    assert canvas[1:9, 1:9].min() == 16 and canvas[0].max() == 0
+    with pytest.raises(ValueError, match="images: expected shape"):
+        plot.digits_grid(torch.zeros(3, 7, 7))
+    plt.close(fig)
+
+
+def test_scatter_and_trajectories_validate_shapes():
+    with pytest.raises(ValueError, match=r"x: expected points of shape \(N, 2\)"):
+        plot.scatter(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match=r"traj: expected shape \(T, N, 2\)"):
+        plot.trajectories(torch.zeros(5, 2))
+    fig, ax = plt.subplots()
+    plot.trajectories(torch.randn(4, 10, 2), ax=ax, n_paths=3)
+    assert len(ax.lines) == 3
+    plt.close(fig)
+
+
+def test_animate_returns_playable_html():
+    html = plot.animate([0, 1, 2], lambda ax, f, i: ax.plot([0, f], [0, f]))
+    assert "<script" in html.data and html.data.count("data:image/png;base64") >= 3
+    with pytest.raises(ValueError, match="frames: expected at least one frame"):
+        plot.animate([], lambda ax, f, i: None)
+
+
+def test_explorer_calls_back_with_control_values():
+    import ipywidgets as w
+
+    seen = []
+    ui = widgets.explorer(lambda k: seen.append(k), k=w.IntSlider(value=3, min=1, max=5))
+    ui.children[0].value = 4
+    assert seen[-1] == 4 and not ui.children[0].continuous_update
+    with pytest.raises(ValueError, match="controls"):
+        widgets.explorer(lambda: None)
