@@ -118,3 +118,14 @@ def test_digits_classifier_metrics(tmp_cache):
 def test_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_protocol_table_lists_models_and_reference_points():
+    out = metrics.evaluate(_TrueModel(), n=20_000)
+    table = metrics.protocol_table({"truth": out})
+    lines = table.splitlines()
+    assert lines[0].startswith("| model | binned KL | NLL (nats) | W2 | modes |")
+    assert lines[2].startswith("| truth | ") and "| 8 |" in lines[2]
+    assert any("KDE baseline" in line for line in lines) and len(lines) == 6
+    with pytest.raises(ValueError, match="rows"):
+        metrics.protocol_table({})
