@@ -129,3 +129,15 @@ def test_protocol_table_lists_models_and_reference_points():
     assert any("KDE baseline" in line for line in lines) and len(lines) == 6
     with pytest.raises(ValueError, match="rows"):
         metrics.protocol_table({})
+
+
+def test_reference_points_are_cached_on_disk_and_recomputed_when_corrupt(tmp_cache):
+    metrics.reference_points.cache_clear()
+    ref = metrics.reference_points()
+    files = list(tmp_cache.glob("reference-points-*.json"))
+    assert len(files) == 1
+    assert abs(ref["floor"] - 0.0043) < 0.002 and abs(ref["entropy"] - 2.613) < 0.002
+    files[0].write_text("{not json")
+    metrics.reference_points.cache_clear()
+    assert metrics.reference_points() == ref
+    metrics.reference_points.cache_clear()
