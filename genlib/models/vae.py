@@ -1,0 +1,614 @@
+"""Autoencoders, variational autoencoders and the VQ-VAE.
+
+Read top to bottom, this module follows the chapter:
+
+1. :class:`Autoencoder`: a deterministic encoder and decoder trained to reconstruct (plain or denoising).
+   Its latent space has no distribution attached, so ``sample`` (decoding standard-normal codes) shows
+   why an unconstrained latent space cannot be sampled.
+2. :class:`VAE`: prior ``p(z) = N(0, I)``, Gaussian encoder ``q_phi(z | x)``, a decoder likelihood
+   ``p_theta(x | z)`` (Gaussian for points; for 8x8 digits a categorical over the 17 levels 0..16 or a
+   binomial, both proper discrete likelihoods), the ELBO with a weight ``beta`` on its KL term, and the
+   importance-weighted bound on ``log p(x)``.
+3. :class:`VQVAE`: a convolutional encoder to a grid of vectors, nearest-code quantisation against a
+   codebook, straight-through gradients, the codebook and commitment losses, and codebook usage
+   (perplexity). Sampling needs a prior over the code grid: ``sample(n, prior=...)``; the
+   autoregressive chapter supplies one.
+
+Images are (B, 1, 8, 8) tensors on the 0..16 scale throughout; points are (B, d) tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
+from ..nn import ACTIVATIONS, MLP
+
+__all__ = [
+    "LIKELIHOODS",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "nats_to_bits_per_dim",
+    "Autoencoder",
+    "VAE",
+    "VQVAE",
+    "train_autoencoder",
+    "train_vae",
+    "train_vqvae",
+]
+
+LIKELIHOODS = ("gaussian", "categorical", "binomial")
+LOG2PI = math.log(2 * math.pi)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Closed-form KL( N(mu, diag exp(logvar)) || N(0, I) ), summed over the last dimension."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(x | mu, diag exp(logvar)), summed over the last dimension (broadcasting)."""
+    return -0.5 * (LOG2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+def nats_to_bits_per_dim(nats: torch.Tensor | float, dim: int) -> torch.Tensor | float:
+    """Convert a negative log-likelihood in nats per example to bits per dimension (per pixel)."""
+    check_positive_int("dim", dim)
+    return nats / (dim * math.log(2.0))
+
+
+def _shape_tuple(name: str, shape) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError as err:
+        raise TypeError(f"{name}: expected a tuple of positive ints, got {shape!r}") from err
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"{name}: expected a tuple of positive ints, got {shape!r}")
+    return shape
+
+
+class _Coder(nn.Module):
+    """What the autoencoder and the VAE share: the data shape, input scaling and input validation."""
+
+    def _setup_data(self, data_shape, levels: int | None):
+        self.data_shape = _shape_tuple("data_shape", data_shape)
+        self.data_dim = math.prod(self.data_shape)
+        self.levels = None if levels is None else check_positive_int("levels", levels, minimum=2)
+        # networks see images scaled to [0, 1]; points unchanged
+        self.input_scale = 1.0 if self.levels is None else float(self.levels - 1)
+
+    def _check_x(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        x = check_tensor(name, x, shape_tail=self.data_shape)
+        if x.ndim != len(self.data_shape) + 1:
+            raise ValueError(f"{name}: expected shape (B, {', '.join(map(str, self.data_shape))}), "
+                             f"got {tuple(x.shape)}")
+        if self.levels is not None:
+            top = self.levels - 1
+            if bool(((x < 0) | (x > top) | (x != x.round())).any()):
+                raise ValueError(f"{name}: expected integer pixel values in 0..{top}")
+        return x
+
+    def _check_z(self, z: torch.Tensor) -> torch.Tensor:
+        return check_tensor("z", z, last_dim=self.latent_dim)
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.data_dim) / self.input_scale
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+# ------------------------------------------------------------------------------------- autoencoder
+
+
+class Autoencoder(_Coder):
+    """A deterministic autoencoder ``x -> z = E(x) -> x' = D(z)`` with MLPs, trained on the squared error.
+
+    ``noise_std > 0`` makes it a denoising autoencoder: the encoder sees ``x + noise_std * eps`` (on the
+    network's input scale) and the decoder must return the clean x. ``sample`` decodes standard-normal
+    codes; nothing in training ties the codes to that (or any) distribution, which is the point the
+    chapter makes with it.
+    """
+
+    def __init__(self, data_shape=(2,), latent_dim: int = 2, hidden: int = 128, depth: int = 3,
+                 activation: str = "silu", noise_std: float = 0.0, levels: int | None = None):
+        super().__init__()
+        self._setup_data(data_shape, levels)
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        self.noise_std = check_positive_float("noise_std", noise_std, allow_zero=True)
+        self.encoder = MLP(self.data_dim, latent_dim, hidden, depth, activation)
+        self.decoder = MLP(latent_dim, self.data_dim, hidden, depth, activation)
+        self.last_nfe = 0
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The code z = E(x), shape (B, latent_dim)."""
+        return self.encoder(self._flat(self._check_x(x)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The reconstruction D(z) in data space (B, *data_shape) (images clamped to 0..levels-1)."""
+        out = self.decoder(self._check_z(z)) * self.input_scale
+        if self.levels is not None:
+            out = out.clamp(0, self.levels - 1)
+        return out.reshape(z.shape[0], *self.data_shape)
+
+    transform = decode
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean squared reconstruction error on the network's scale (with input noise when denoising)."""
+        x = self._check_x(x)
+        clean = self._flat(x)
+        noisy = clean + self.noise_std * randn(clean.shape, like=clean) if self.noise_std > 0 else clean
+        return (self.decoder(self.encoder(noisy)) - clean).pow(2).sum(-1).mean()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode n standard-normal codes (the naive sampler that an unconstrained latent space defeats)."""
+        check_positive_int("n", n)
+        p = next(self.parameters())
+        z = randn((n, self.latent_dim), like=p, generator=generator)
+        self.last_nfe = 1
+        return self.decode(z)
+
+
+# ---------------------------------------------------------------------------------------------- VAE
+
+
+class VAE(_Coder):
+    """A variational autoencoder with MLP encoder and decoder.
+
+    - prior ``p(z) = N(0, I)`` in ``latent_dim`` dimensions;
+    - encoder ``q_phi(z | x) = N(mu_phi(x), diag sigma_phi^2(x))``;
+    - decoder likelihood ``p_theta(x | z)``:
+      ``"gaussian"`` (points): ``N(x | m_theta(z), diag s^2)`` with s either learned as a function of z
+      (``decoder_std=None``, floored at ``exp(min_logvar / 2)``) or a fixed number;
+      ``"categorical"`` (images on 0..levels-1): an independent categorical over the levels per pixel;
+      ``"binomial"``: an independent Binomial(levels - 1, p_theta(z)) per pixel.
+      The two discrete likelihoods give proper discrete log-probabilities, so the ELBO bounds log P(x)
+      of the integer image.
+    - ``beta`` weights the KL term of the training loss (``beta = 1``: the ELBO);
+    - ``train_k > 1`` trains on the importance-weighted bound with that many samples (IWAE).
+
+    ``sample(n)`` draws z from the prior and decodes; with ``sample_noise=True`` it then draws x from
+    ``p_theta(x | z)`` (the model's full distribution), otherwise it returns the decoder mean.
+    """
+
+    def __init__(self, data_shape=(2,), latent_dim: int = 2, hidden: int = 128, depth: int = 3,
+                 activation: str = "silu", likelihood: str = "gaussian", levels: int | None = None,
+                 beta: float = 1.0, decoder_std: float | None = None, min_logvar: float = -9.0,
+                 sample_noise: bool | None = None, train_k: int = 1):
+        super().__init__()
+        check_choice("likelihood", likelihood, LIKELIHOODS)
+        self.train_k = check_positive_int("train_k", train_k)
+        if likelihood != "gaussian" and levels is None:
+            levels = 17
+        if likelihood == "gaussian" and levels is not None:
+            raise ValueError("levels: the Gaussian likelihood is for real-valued data; use likelihood="
+                             "'categorical' or 'binomial' for images with discrete levels")
+        self._setup_data(data_shape, levels)
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        self.likelihood = likelihood
+        self.beta = check_positive_float("beta", beta, allow_zero=True)
+        if decoder_std is not None:
+            decoder_std = check_positive_float("decoder_std", decoder_std)
+        self.decoder_std = decoder_std
+        self.min_logvar = float(min_logvar)
+        self.sample_noise = (likelihood == "gaussian") if sample_noise is None else bool(sample_noise)
+        out = {"gaussian": self.data_dim * (2 if decoder_std is None else 1),
+               "categorical": self.data_dim * (self.levels or 1),
+               "binomial": self.data_dim}[likelihood]
+        self.encoder = MLP(self.data_dim, 2 * latent_dim, hidden, depth, activation)
+        self.decoder = MLP(latent_dim, out, hidden, depth, activation)
+        self._out_dim = out
+        if self.levels is not None:
+            k = torch.arange(self.levels, dtype=torch.float32)
+            self.register_buffer("level_values", k, persistent=False)
+            n = self.levels - 1
+            logc = torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+            self.register_buffer("log_binom_coef", logc, persistent=False)
+        self.last_nfe = 0
+
+    # ---- the encoder q_phi(z | x)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q_phi(z | x), each (B, latent_dim)."""
+        h = self.encoder(self._flat(self._check_x(x)))
+        mu, logvar = h.chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 6.0)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean mu_phi(x), shape (B, latent_dim)."""
+        return self.posterior(x)[0]
+
+    def reparameterise(self, mu: torch.Tensor, logvar: torch.Tensor, k: int | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps with eps ~ N(0, I): (B, d_z), or (k, B, d_z) when k is given."""
+        shape = mu.shape if k is None else (k, *mu.shape)
+        eps = randn(shape, like=mu, generator=generator)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    # ---- the decoder p_theta(x | z)
+
+    def _params(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def _gaussian(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.decoder_std is None:
+            mean, raw = h.chunk(2, dim=-1)
+            logvar = self.min_logvar + F.softplus(raw - self.min_logvar)
+        else:
+            mean = h
+            logvar = torch.full_like(h, 2 * math.log(self.decoder_std))
+        return mean, logvar
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h.reshape(*h.shape[:-1], self.data_dim, self.levels)
+
+    def decoder_mean(self, h: torch.Tensor) -> torch.Tensor:
+        """The mean of p_theta(x | z) from decoder outputs h, flat (..., data_dim) on the data scale."""
+        if self.likelihood == "gaussian":
+            return self._gaussian(h)[0]
+        if self.likelihood == "categorical":
+            return torch.softmax(self._logits(h), -1) @ self.level_values
+        return torch.sigmoid(h) * (self.levels - 1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder mean E[x | z] in data space: (B, *data_shape); images on the 0..levels-1 scale."""
+        z = self._check_z(z)
+        return self.decoder_mean(self._params(z)).reshape(*z.shape[:-1], *self.data_shape)
+
+    transform = decode
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p_theta(x | z) for x (B, ...) and z (B, d_z) or (k, B, d_z): shape (B,) or (k, B)."""
+        flat = x.reshape(x.shape[0], self.data_dim)
+        h = self._params(z)
+        if self.likelihood == "gaussian":
+            mean, logvar = self._gaussian(h)
+            return gaussian_log_prob(flat, mean, logvar)
+        idx = flat.long()
+        if self.likelihood == "categorical":
+            logp = torch.log_softmax(self._logits(h), -1)
+            idx = idx.expand(*logp.shape[:-1])
+            return logp.gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
+        n = self.levels - 1
+        return (self.log_binom_coef[idx] + flat * F.logsigmoid(h) + (n - flat) * F.logsigmoid(-h)).sum(-1)
+
+    # ---- the bounds
+
+    def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction E_q[log p_theta(x | z)] (one reparameterised sample), KL(q_phi(z|x) || p(z))), each (B,)."""
+        mu, logvar = self.posterior(x)
+        z = self.reparameterise(mu, logvar)
+        return self.log_likelihood(x, z), gaussian_kl(mu, logvar)
+
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """A one-sample estimate of the ELBO per example (nats), shape (B,)."""
+        rec, kl = self.elbo_terms(x)
+        return rec - kl
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The negative beta-weighted ELBO averaged over the batch: -E_q[log p(x|z)] + beta KL.
+
+        With ``train_k > 1`` the model trains on the importance-weighted bound with k = train_k samples
+        instead (the IWAE objective; beta is then not used).
+        """
+        if self.train_k > 1:
+            return -self.iw_bound(x, k=self.train_k, chunk=x.shape[0]).mean()
+        rec, kl = self.elbo_terms(x)
+        return (self.beta * kl - rec).mean()
+
+    def iw_bound(self, x: torch.Tensor, k: int = 64, generator: torch.Generator | None = None,
+                 chunk: int = 256) -> torch.Tensor:
+        """The importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q_phi(z | x), per example.
+
+        k = 1 is the ELBO (in expectation); the bound increases with k towards log p_theta(x). Examples are
+        processed in chunks of at most `chunk`, fewer when k is large, to bound the memory.
+        """
+        x = self._check_x(x)
+        check_positive_int("k", k)
+        check_positive_int("chunk", chunk)
+        chunk = max(1, min(chunk, 2_000_000 // (k * self._out_dim)))
+        out = []
+        for xc in x.split(chunk):
+            mu, logvar = self.posterior(xc)
+            z = self.reparameterise(mu, logvar, k=k, generator=generator)  # (k, B, d_z)
+            log_w = (self.log_likelihood(xc, z) + gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+                     - gaussian_log_prob(z, mu, logvar))
+            out.append(torch.logsumexp(log_w, 0) - math.log(k))
+        return torch.cat(out)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("VAE has no exact log-density; use elbo(x) (a lower bound) or iw_bound(x, k) "
+                                  "(a tighter lower bound that approaches log p(x) as k grows)")
+
+    log_prob.not_implemented = True
+
+    # ---- sampling
+
+    def sample(self, n: int, generator: torch.Generator | None = None, noise: bool | None = None) -> torch.Tensor:
+        """Draw z ~ N(0, I) and decode: x ~ p_theta(x | z) (``noise=True``) or the decoder mean (``noise=False``).
+
+        The default is the model's ``sample_noise`` (True for the Gaussian decoder on points, False for images).
+        """
+        check_positive_int("n", n)
+        noise = self.sample_noise if noise is None else bool(noise)
+        p = next(self.parameters())
+        z = randn((n, self.latent_dim), like=p, generator=generator)
+        self.last_nfe = 1
+        if not noise:
+            return self.decode(z)
+        h = self._params(z)
+        if self.likelihood == "gaussian":
+            mean, logvar = self._gaussian(h)
+            x = mean + torch.exp(0.5 * logvar) * randn(mean.shape, like=mean, generator=generator)
+        elif self.likelihood == "categorical":
+            cdf = torch.softmax(self._logits(h), -1).cumsum(-1)
+            u = rand((n, self.data_dim, 1), like=cdf, generator=generator)
+            x = (cdf < u).sum(-1).clamp_max(self.levels - 1).to(cdf.dtype)
+        else:
+            u = rand((n, self.data_dim, self.levels - 1), like=h, generator=generator)
+            x = (u < torch.sigmoid(h).unsqueeze(-1)).sum(-1).to(h.dtype)
+        return x.reshape(n, *self.data_shape)
+
+
+# ------------------------------------------------------------------------------------------- VQ-VAE
+
+
+class VQVAE(nn.Module):
+    """A VQ-VAE for 8x8 images on the 0..16 scale.
+
+    The encoder maps an image to a ``code_shape`` grid (4 x 4) of ``code_dim``-vectors z_e; each is
+    replaced by its nearest codebook vector e_k (the code index k); the decoder maps the quantised grid back
+    to an image. Training minimises
+
+        ||x/16 - D(z_e + sg[z_q - z_e])||^2 + ||sg[z_e] - z_q||^2 + beta ||z_e - sg[z_q]||^2
+
+    (reconstruction with the straight-through gradient, codebook loss, commitment loss). The codebook is
+    initialised from encoder outputs of the first batch (``data_init=True``), which avoids most dead codes.
+
+    Sampling needs a prior over code grids, which this model does not learn: pass ``prior=`` to
+    :meth:`sample` (or attach one with :meth:`attach_prior`); a prior is any object with
+    ``sample(n, generator=None)`` returning long indices of shape (n, h, w) or (n, h * w) in
+    ``0..codebook_size-1``. The autoregressive chapter trains one.
+    """
+
+    def __init__(self, codebook_size: int = 32, code_dim: int = 16, channels: int = 64, beta: float = 0.25,
+                 activation: str = "silu", data_init: bool = True, levels: int = 17):
+        super().__init__()
+        self.codebook_size = check_positive_int("codebook_size", codebook_size, minimum=2)
+        self.code_dim = check_positive_int("code_dim", code_dim)
+        check_positive_int("channels", channels)
+        check_choice("activation", activation, ACTIVATIONS)
+        self.beta = check_positive_float("beta", beta, allow_zero=True)
+        self.levels = check_positive_int("levels", levels, minimum=2)
+        self.code_shape = (4, 4)
+        act = ACTIVATIONS[activation]
+        c = channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1), act(),
+            nn.Conv2d(c, c, 4, stride=2, padding=1), act(),  # 4x4
+            nn.Conv2d(c, c, 3, padding=1), act(),
+            nn.Conv2d(c, code_dim, 1),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(code_dim, c, 3, padding=1), act(),
+            nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), act(),  # 8x8
+            nn.Conv2d(c, c, 3, padding=1), act(),
+            nn.Conv2d(c, 1, 3, padding=1),
+        )
+        self.codebook = nn.Embedding(codebook_size, code_dim)
+        nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        # 1 once the codebook has been initialised from data (a buffer, so it is saved with the weights)
+        self.register_buffer("initialised", torch.tensor(0 if data_init else 1))
+        self.__dict__["_prior"] = None  # not a submodule: the prior's weights are not the VQ-VAE's
+        self.last_nfe = 0
+        self.last_indices: torch.Tensor | None = None
+
+    # ---- data and codes
+
+    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_tensor("x", x, ndim=4, shape_tail=(1, 8, 8))
+        top = self.levels - 1
+        if bool(((x < 0) | (x > top)).any()):
+            raise ValueError(f"x: expected pixel values in 0..{top}")
+        return x
+
+    def _check_indices(self, idx: torch.Tensor) -> torch.Tensor:
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"idx: expected a torch.Tensor of code indices, got {type(idx).__name__}")
+        if idx.is_floating_point() or idx.dtype == torch.bool:
+            raise TypeError(f"idx: expected an integer tensor of code indices, got dtype {idx.dtype}")
+        h, w = self.code_shape
+        if idx.ndim == 2 and idx.shape[1] == h * w:
+            idx = idx.reshape(-1, h, w)
+        if idx.ndim != 3 or tuple(idx.shape[1:]) != (h, w):
+            raise ValueError(f"idx: expected shape (B, {h}, {w}) or (B, {h * w}), got {tuple(idx.shape)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.codebook_size):
+            raise ValueError(f"idx: code indices must lie in 0..{self.codebook_size - 1}, "
+                             f"got range {int(idx.min())}..{int(idx.max())}")
+        return idx.long()
+
+    def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder output z_e before quantisation: (B, code_dim, h, w)."""
+        return self.encoder(self._check_x(x) / (self.levels - 1))
+
+    def quantise(self, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest codebook vector for each position: (z_q (B, code_dim, h, w), indices (B, h, w))."""
+        b, d, h, w = ze.shape
+        flat = ze.permute(0, 2, 3, 1).reshape(-1, d)
+        e = self.codebook.weight
+        d2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None, :]
+        idx = d2.argmin(1)
+        zq = e[idx].reshape(b, h, w, d).permute(0, 3, 1, 2)
+        return zq, idx.reshape(b, h, w)
+
+    def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
+        """The code grid of each image: long tensor (B, h, w) in 0..codebook_size-1."""
+        return self.quantise(self.encode_continuous(x))[1]
+
+    def _decode_raw(self, zq: torch.Tensor) -> torch.Tensor:
+        return self.decoder(zq)
+
+    def decode_indices(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, 8, 8) on the 0..16 scale decoded from code grids (B, h, w) (or (B, h * w))."""
+        idx = self._check_indices(idx)
+        zq = self.codebook(idx).permute(0, 3, 1, 2)
+        return (self._decode_raw(zq) * (self.levels - 1)).clamp(0, self.levels - 1)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode, quantise and decode: (B, 1, 8, 8) on the 0..16 scale."""
+        return self.decode_indices(self.encode_indices(x))
+
+    # ---- training
+
+    def _init_codebook(self, ze: torch.Tensor) -> None:
+        flat = ze.detach().permute(0, 2, 3, 1).reshape(-1, self.code_dim)
+        pick = torch.randperm(flat.shape[0], device=flat.device)[: self.codebook_size]
+        if pick.numel() < self.codebook_size:
+            pick = pick.repeat(self.codebook_size // pick.numel() + 1)[: self.codebook_size]
+        with torch.no_grad():
+            self.codebook.weight.copy_(flat[pick])
+        self.initialised.fill_(1)
+
+    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three VQ-VAE losses (each a scalar) and the indices used, with the straight-through estimator."""
+        ze = self.encode_continuous(x)
+        if self.training and int(self.initialised) == 0:
+            self._init_codebook(ze)
+        zq, idx = self.quantise(ze)
+        zst = ze + (zq - ze).detach()  # forward: z_q; backward: identity to z_e (straight-through)
+        xhat = self._decode_raw(zst)
+        rec = (xhat - x / (self.levels - 1)).pow(2).sum((1, 2, 3)).mean()
+        codebook = (zq - ze.detach()).pow(2).sum(1).mean()
+        commit = (ze - zq.detach()).pow(2).sum(1).mean()
+        self.last_indices = idx.detach()
+        return {"reconstruction": rec, "codebook": codebook, "commitment": commit, "indices": idx}
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction + codebook + beta * commitment."""
+        t = self.loss_terms(x)
+        return t["reconstruction"] + t["codebook"] + self.beta * t["commitment"]
+
+    def codebook_usage(self, indices: torch.Tensor) -> dict:
+        """Perplexity exp(H) of the code frequencies (codebook_size when all codes are equally used), the
+        number of codes used, and the frequencies."""
+        idx = self._check_indices(indices)
+        freq = torch.bincount(idx.reshape(-1), minlength=self.codebook_size).double()
+        freq = freq / freq.sum()
+        nz = freq[freq > 0]
+        return {"perplexity": float(torch.exp(-(nz * nz.log()).sum())), "used": int((freq > 0).sum()),
+                "frequencies": freq.cpu()}
+
+    # ---- sampling
+
+    def attach_prior(self, prior) -> None:
+        """Make ``prior`` (an object with ``sample(n, generator=None)`` returning code grids) the default of
+        :meth:`sample`. It is not registered as a submodule, so the VQ-VAE's saved weights do not change."""
+        if prior is not None and not callable(getattr(prior, "sample", None)):
+            raise TypeError("prior: expected an object with a sample(n, generator=None) method returning code indices")
+        self.__dict__["_prior"] = prior
+
+    @property
+    def prior(self):
+        """The attached prior over code grids (None until one is attached)."""
+        return self.__dict__.get("_prior")
+
+    def sample(self, n: int, generator: torch.Generator | None = None, prior=None) -> torch.Tensor:
+        """Draw code grids from a prior over codes and decode them: (n, 1, 8, 8) on the 0..16 scale.
+
+        The VQ-VAE itself learns no prior: pass ``prior=`` (or :meth:`attach_prior`); the autoregressive
+        chapter trains a prior over these codes.
+        """
+        check_positive_int("n", n)
+        prior = prior if prior is not None else self.prior
+        if prior is None:
+            raise NotImplementedError(
+                "VQVAE.sample needs a prior over code grids: pass prior= (an object with sample(n, generator) "
+                f"returning long indices of shape (n, {self.code_shape[0]}, {self.code_shape[1]})) or call "
+                "attach_prior(prior); the autoregressive chapter trains such a prior. Use reconstruct(x) or "
+                "decode_indices(idx) meanwhile.")
+        if not callable(getattr(prior, "sample", None)):
+            raise TypeError("prior: expected an object with a sample(n, generator=None) method returning code indices")
+        idx = prior.sample(n, generator=generator)
+        idx = self._check_indices(idx.to(self.codebook.weight.device))
+        if idx.shape[0] != n:
+            raise ValueError(f"prior.sample(n): returned {idx.shape[0]} code grids, expected {n}")
+        self.last_nfe = 1 + int(getattr(prior, "last_nfe", 0) or 0)
+        return self.decode_indices(idx)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("VQVAE has no density; it offers reconstruct(x), encode_indices(x) and "
+                                  "decode_indices(idx), and sample(n, prior=...) with a prior over codes")
+
+    log_prob.not_implemented = True
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def _data_for(dataset: str, seed: int, device) -> torch.Tensor:
+    from .. import data as _data
+
+    check_choice("dataset", dataset, ("eight_gaussians", "digits"))
+    if dataset == "eight_gaussians":
+        return _data.eight_gaussians(2000, seed=seed, device=device)
+    return _data.digits(device=device).train_x
+
+
+def _beta_warmup(model: nn.Module, final_beta: float, warmup: int):
+    """A fit callback that raises model.beta linearly from 0 to final_beta over `warmup` steps."""
+
+    def callback(step, m, history):
+        m.beta = final_beta * min(1.0, (step + 1) / warmup) if warmup else final_beta
+
+    if warmup:
+        model.beta = 0.0
+    return callback
+
+
+def train_autoencoder(model: Autoencoder, config: dict, seed: int, device, progress: bool = True):
+    """Train an autoencoder with genlib.train.fit on config['dataset'] (a zoo train function)."""
+    from ..train import fit
+
+    x = _data_for(config.get("dataset", "eight_gaussians"), seed, device)
+    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               schedule=config.get("schedule", "cosine"), seed=seed, progress=progress,
+               desc=config.get("desc", "autoencoder"))
+
+
+def train_vae(model: VAE, config: dict, seed: int, device, progress: bool = True):
+    """Train a VAE with genlib.train.fit, raising beta linearly over ``config['kl_warmup']`` steps (zoo train)."""
+    from ..train import fit
+
+    x = _data_for(config.get("dataset", "eight_gaussians"), seed, device)
+    final_beta = float(config.get("beta", 1.0))
+    callback = _beta_warmup(model, final_beta, int(config.get("kl_warmup", 0)))
+    history = fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+                  schedule=config.get("schedule", "cosine"), seed=seed, progress=progress, callback=callback,
+                  desc=config.get("desc", "VAE"))
+    model.beta = final_beta
+    return history
+
+
+def train_vqvae(model: VQVAE, config: dict, seed: int, device, progress: bool = True):
+    """Train a VQ-VAE on the digits' train split, logging codebook perplexity and codes used per step."""
+    from ..train import fit
+
+    x = _data_for("digits", seed, device)
+
+    def callback(step, m, history):
+        if m.last_indices is not None:
+            u = m.codebook_usage(m.last_indices)
+            history.log(perplexity=u["perplexity"], used=u["used"])
+
+    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               schedule=config.get("schedule", "cosine"), seed=seed, progress=progress, callback=callback,
+               desc=config.get("desc", "VQ-VAE"))
