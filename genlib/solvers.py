@@ -8,6 +8,7 @@ tensor on the state's device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,6 +24,8 @@ __all__ = [
     "langevin",
     "annealed_langevin",
     "mala",
+    "divergence",
+    "log_prob_ode",
 ]
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
@@ -73,7 +76,7 @@ def odeint(
     """Integrate dx/dt = f(t, x) from t0 to t1 with fixed steps (or over the grid `ts`).
 
     Returns the final state, or (final state, trajectory) where the trajectory stacks the first
-    tensor of the state at every grid time: shape (len(ts), *x.shape). Network evaluations cost
+    tensor of the state at every grid time: shape ``(len(ts), *x.shape)``. Network evaluations cost
     ``NFE_PER_STEP[method]`` per step.
     """
     check_choice("method", method, METHODS)
@@ -120,7 +123,7 @@ def sdeint(
     """Euler-Maruyama for dX = drift(t, X) dt + diffusion(t) dW from t0 to t1 (t1 < t0 integrates backwards).
 
     With ``final_noise=False`` the last step adds no noise (the usual choice when the SDE ends on
-    the data). Returns the final state, or (final state, trajectory of shape (steps + 1, *x.shape)).
+    the data). Returns the final state, or (final state, trajectory of shape ``(steps + 1, *x.shape)``).
     """
     check_tensor("x0", x0)
     grid = _as_grid(ts, t0, t1, steps, x0)
@@ -151,7 +154,7 @@ def langevin(
 ):
     """The unadjusted Langevin algorithm: x <- x + step * score(x) + sqrt(2 step) z.
 
-    Returns the final samples, or (final samples, trajectory of shape (n_steps + 1, *x.shape)).
+    Returns the final samples, or (final samples, trajectory of shape ``(n_steps + 1, *x.shape)``).
     """
     check_tensor("x0", x0)
     step = check_positive_float("step", step)
@@ -246,3 +249,89 @@ def mala(
     if traj is not None:
         return x, rate, torch.stack(traj)
     return x, rate
+
+
+# --------------------------------------------------------------------- likelihoods through an ODE
+
+
+def divergence(v: torch.Tensor, x: torch.Tensor, method: str = "exact", noise: torch.Tensor | None = None,
+               create_graph: bool = False) -> torch.Tensor:
+    """The divergence (trace of the Jacobian) of v = f(x) with respect to x, per row: shape (B,).
+
+    ``method='exact'`` takes one autograd pass per dimension (cheap in 2-D); ``'hutchinson'`` gives
+    the unbiased estimate e^T (dv/dx) e from one vector-Jacobian product, with the probe ``noise``
+    (same shape as x; Rademacher or standard normal). `v` must have been computed from `x` with
+    gradients enabled.
+    """
+    check_choice("method", method, ("exact", "hutchinson"))
+    if not x.requires_grad:
+        raise ValueError("x: must require grad and v must be computed from it (use torch.enable_grad())")
+    if v.shape != x.shape or x.ndim != 2:
+        raise ValueError(f"v, x: expected matching shapes (B, d), got {tuple(v.shape)} and {tuple(x.shape)}")
+    if method == "hutchinson":
+        if noise is None or noise.shape != x.shape:
+            raise ValueError(f"noise: expected a probe of shape {tuple(x.shape)} for Hutchinson's estimator")
+        (vjp,) = torch.autograd.grad(v, x, noise, create_graph=create_graph)
+        return (vjp * noise).sum(1)
+    div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(x.shape[1]):
+        (g,) = torch.autograd.grad(v[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
+        div = div + g[:, i]
+    return div
+
+
+def log_prob_ode(
+    field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    base_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    steps: int = 20,
+    method: str = "rk4",
+    divergence_method: str = "exact",
+    t_data: float = 1.0,
+    t_noise: float = 0.0,
+    probe: str = "rademacher",
+    generator: torch.Generator | None = None,
+    return_noise: bool = False,
+):
+    """Log-density of data x under the flow of the ODE dx/dt = field(t, x) (instantaneous change of variables).
+
+    Integrates x from ``t_data`` back to ``t_noise`` together with the running integral of the divergence,
+    log p_data(x) = log p_noise(x(t_noise)) - int_{t_noise}^{t_data} div field(t, x(t)) dt, with the fixed-step
+    solver of :func:`odeint`. The base density defaults to the standard normal. ``divergence_method`` is
+    ``'exact'`` (one autograd pass per dimension) or ``'hutchinson'`` (one probe per point, drawn once for
+    the whole solve as in FFJORD; ``probe`` is ``'rademacher'`` or ``'gaussian'``). When gradients are
+    enabled (training by maximum likelihood) the result is differentiable; otherwise the solve runs without
+    keeping a graph. Returns log p (B,), or (log p, x(t_noise)) with ``return_noise``.
+    """
+    x = check_tensor("x", x, ndim=2)
+    check_choice("divergence_method", divergence_method, ("exact", "hutchinson"))
+    check_choice("probe", probe, ("rademacher", "gaussian"))
+    check_choice("method", method, METHODS)
+    check_positive_int("steps", steps)
+    train = torch.is_grad_enabled()
+    noise = None
+    if divergence_method == "hutchinson":
+        noise = randn(x.shape, like=x, generator=generator)
+        if probe == "rademacher":
+            noise = torch.sign(noise) + (noise == 0).to(x.dtype)
+
+    def augmented(t, state):
+        y = state[0]
+        with torch.enable_grad():
+            if not y.requires_grad:
+                y = y.detach().requires_grad_(True)
+            v = field(t, y)
+            div = divergence(v, y, divergence_method, noise, create_graph=train)
+        if not train:
+            v, div = v.detach(), div.detach()
+        return v, div
+
+    start = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+    z, integral = odeint(augmented, start, t_data, t_noise, steps, method)
+    # integral = int_{t_data}^{t_noise} div dt = -int_{t_noise}^{t_data} div dt
+    if base_log_prob is None:
+        logp0 = -0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+    else:
+        logp0 = base_log_prob(z)
+    logp = logp0 + integral
+    return (logp, z) if return_noise else logp

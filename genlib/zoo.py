@@ -22,7 +22,8 @@ from torch import nn
 
 from ._util import resolve_device
 
-__all__ = ["Recipe", "register", "get", "families", "recipe", "cache_dir", "cache_path", "cache_key", "clear_cache"]
+__all__ = ["Recipe", "HEADLINE", "register", "get", "families", "models", "recipe", "cache_dir", "cache_path",
+           "cache_key", "clear_cache"]
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,18 @@ def register(family: str, dataset: str, build: Callable[[dict], nn.Module], trai
     return r
 
 
+# The headline families of DESIGN.md, in the book's order.
+HEADLINE = ("gmm", "vae", "flow", "cnf", "gan", "diffusion", "flow_matching", "autoregressive")
+
+
 def families(dataset: str = "eight_gaussians") -> list[str]:
-    """The registered families for a data set (the headline keys for the eight Gaussians)."""
-    return [f for (f, d) in _REGISTRY if d == dataset]
+    """The headline families registered for a data set, in the book's order (``gmm``, ``vae``, ``flow``, ...)."""
+    return [f for f in HEADLINE if (f, dataset) in _REGISTRY]
+
+
+def models(dataset: str | None = None) -> list[tuple[str, str]]:
+    """Every registered (name, dataset) pair, headline or not (chapter variants, digits and text models)."""
+    return [k for k in _REGISTRY if dataset is None or k[1] == dataset]
 
 
 def recipe(family: str, dataset: str = "eight_gaussians") -> Recipe:
@@ -190,3 +200,511 @@ register("digits_classifier", "digits", _digits_classifier_build, _digits_classi
          {"arch": "cnn16-32-32-tanh64", "steps": 600, "augment": "shift1"},
          "The evaluation classifier for 8x8 digits (Frechet distance features, label entropy).")
 
+
+
+# --- gmm ---
+
+
+def _gmm_build(config: dict) -> nn.Module:
+    from .models.gmm import GaussianMixture
+
+    return GaussianMixture(config["n_components"], dim=2, reg_covar=config["reg_covar"])
+
+
+def _gmm_train(model, config, seed, device, progress):
+    from .data import eight_gaussians
+    from .models.gmm import fit
+
+    x = eight_gaussians(2000, seed=seed, device=device)
+    return fit(model, x, steps=config["steps"], tol=config["tol"], init=config["init"], n_init=config["n_init"],
+               seed=seed, progress=progress, desc=f"EM, K = {config['n_components']}")
+
+
+register("gmm", "eight_gaussians", _gmm_build, _gmm_train,
+         {"n_components": 10, "init": "kmeans++", "n_init": 1, "steps": 500, "tol": 1e-6, "reg_covar": 1e-6},
+         "Gaussian mixture, K = 10 full covariances, EM from k-means++ (the lecture notes' setting).")
+register("gmm_k8", "eight_gaussians", _gmm_build, _gmm_train,
+         {"n_components": 8, "init": "kmeans++", "n_init": 5, "steps": 500, "tol": 1e-6, "reg_covar": 1e-6},
+         "Gaussian mixture with the true K = 8, best of 5 EM starts: the protocol's parametric oracle.")
+
+
+# --- vae ---
+# Autoencoders, VAEs and the VQ-VAE (book/vae). Every key of a config below changes the trained weights.
+
+_VAE_MODEL_KEYS = ("data_shape", "latent_dim", "hidden", "depth", "activation", "likelihood", "beta",
+                   "decoder_std", "min_logvar", "train_k")
+
+
+def _vae_build(config: dict) -> nn.Module:
+    from .models.vae import VAE
+
+    return VAE(**{k: (tuple(v) if k == "data_shape" else v) for k, v in config.items() if k in _VAE_MODEL_KEYS})
+
+
+def _vae_train(model, config, seed, device, progress):
+    from .models.vae import train_vae
+
+    return train_vae(model, config, seed, device, progress)
+
+
+def _ae_build(config: dict) -> nn.Module:
+    from .models.vae import Autoencoder
+
+    return Autoencoder(tuple(config["data_shape"]), config["latent_dim"], config["hidden"], config["depth"],
+                       noise_std=config["noise_std"], levels=config.get("levels"))
+
+
+def _ae_train(model, config, seed, device, progress):
+    from .models.vae import train_autoencoder
+
+    return train_autoencoder(model, config, seed, device, progress)
+
+
+def _vqvae_build(config: dict) -> nn.Module:
+    from .models.vae import VQVAE
+
+    return VQVAE(config["codebook_size"], config["code_dim"], config["channels"], config["beta"],
+                 data_init=config["data_init"])
+
+
+def _vqvae_train(model, config, seed, device, progress):
+    from .models.vae import train_vqvae
+
+    return train_vqvae(model, config, seed, device, progress)
+
+
+register("vae", "eight_gaussians", _vae_build, _vae_train,
+         {"dataset": "eight_gaussians", "data_shape": [2], "latent_dim": 2, "hidden": 128, "depth": 3,
+          "activation": "silu", "likelihood": "gaussian", "beta": 1.0, "decoder_std": None, "min_logvar": -9.0,
+          "train_k": 1, "kl_warmup": 1000, "steps": 3000, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
+          "desc": "VAE (eight Gaussians)"},
+         "VAE with a 2-D latent, learned decoder variance and KL warm-up on the eight Gaussians.")
+_VAE8_CONFIG = dict(_REGISTRY[("vae", "eight_gaussians")].config)
+register("vae_beta_0.3", "eight_gaussians", _vae_build, _vae_train,
+         {**_VAE8_CONFIG, "beta": 0.3, "desc": "VAE, beta = 0.3"},
+         "The headline VAE trained with beta = 0.3 (holes in the aggregate posterior).")
+register("vae_beta_3", "eight_gaussians", _vae_build, _vae_train,
+         {**_VAE8_CONFIG, "beta": 3.0, "desc": "VAE, beta = 3"},
+         "The headline VAE trained with beta = 3 (overlapping posteriors, blur).")
+register("vae", "digits", _vae_build, _vae_train,
+         {"dataset": "digits", "data_shape": [1, 8, 8], "latent_dim": 8, "hidden": 256, "depth": 2,
+          "activation": "silu", "likelihood": "categorical", "beta": 1.0, "decoder_std": None, "min_logvar": -9.0,
+          "train_k": 1, "kl_warmup": 500, "steps": 2000, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
+          "desc": "VAE (digits)"},
+         "VAE on 8x8 digits: 8-D latent, categorical decoder over the 17 levels; encode/decode/latent_dim.")
+register("vae_2d", "digits", _vae_build, _vae_train,
+         {"dataset": "digits", "data_shape": [1, 8, 8], "latent_dim": 2, "hidden": 128, "depth": 2,
+          "activation": "silu", "likelihood": "categorical", "beta": 1.0, "decoder_std": None, "min_logvar": -9.0,
+          "train_k": 1, "kl_warmup": 500, "steps": 1500, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
+          "desc": "VAE (digits, 2-D latent)"},
+         "VAE on 8x8 digits with a 2-D latent, for the latent map and the latent-space explorer.")
+register("autoencoder", "digits", _ae_build, _ae_train,
+         {"dataset": "digits", "data_shape": [1, 8, 8], "levels": 17, "latent_dim": 2, "hidden": 128, "depth": 2,
+          "noise_std": 0.0, "steps": 1000, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
+          "desc": "autoencoder (digits)"},
+         "Deterministic autoencoder on 8x8 digits with a 2-D code (its codes cannot be sampled).")
+register("dae", "digits", _ae_build, _ae_train,
+         {**_REGISTRY[("autoencoder", "digits")].config, "latent_dim": 8, "noise_std": 0.3,
+          "desc": "denoising autoencoder (digits)"},
+         "Denoising autoencoder on 8x8 digits: input noise of std 0.3 (on the [0, 1] pixel scale), 8-D code.")
+register("vqvae", "digits", _vqvae_build, _vqvae_train,
+         {"codebook_size": 32, "code_dim": 16, "channels": 32, "beta": 0.25, "data_init": True,
+          "steps": 1000, "batch_size": 128, "lr": 2e-3, "schedule": "cosine", "desc": "VQ-VAE (digits)"},
+         "VQ-VAE on 8x8 digits: 4x4 grid of codes from a 32-entry codebook; sample(n, prior=...) needs a prior.")
+
+
+# --- gan ---
+# Eight Gaussians: MLP generator and critic (genlib.models.gan.mlp_gan); digits: DCGAN-style conv nets.
+# "gan" is the chapter's best variant (its config names it); the other variants, the fragile minimax
+# setting that collapses, and the short runs of the chapter's sensitivity grid and explorer (dataset
+# "eight_gaussians_sweep") are registered too, so that the chapter's warm build only loads.
+
+_GAN_2D = {"latent_dim": 8, "hidden": 64, "depth": 3, "activation": "leaky_relu", "steps": 1500,
+           "batch_size": 512, "critic_steps": 1, "lr": 1e-3, "lr_critic": None, "betas": [0.5, 0.999],
+           "schedule": "cosine", "ema": 0.995, "clip": 0.01, "gp_weight": 0.1, "monitor_every": 100}
+
+
+def _gan_build(config: dict) -> nn.Module:
+    from .models import gan
+
+    if config.get("image"):
+        return gan.dcgan(latent_dim=config["latent_dim"], channels=config["channels"], loss=config["loss"],
+                         n_classes=config["n_classes"], gp_weight=config["gp_weight"])
+    return gan.mlp_gan(latent_dim=config["latent_dim"], hidden=config["hidden"], depth=config["depth"],
+                       loss=config["loss"], activation=config["activation"], clip=config["clip"],
+                       gp_weight=config["gp_weight"])
+
+
+def _gan_train(model, config, seed, device, progress):
+    from .data import digits, eight_gaussians
+    from .models import gan
+
+    if config.get("image"):
+        d = digits(device=device)
+        x = (d.train_x, d.train_y) if config["n_classes"] else d.train_x
+    else:
+        x = eight_gaussians(2000, seed=seed, device=device)
+    return gan.train_recipe(model, x, config, seed, progress, desc=config["desc"])
+
+
+def _gan_register(key: str, dataset: str, description: str, **overrides) -> None:
+    config = {**_GAN_2D, **overrides}
+    config.setdefault("desc", key)
+    register(key, dataset, _gan_build, _gan_train, config, description)
+
+
+_GAN_VARIANTS = {
+    "gan_minimax": ("minimax", {"loss": "minimax"}),
+    "gan_ns": ("non-saturating", {"loss": "ns"}),
+    "wgan_clip": ("WGAN (clipping)", {"loss": "wgan_clip", "critic_steps": 2, "lr": 5e-4, "betas": [0.5, 0.9]}),
+    "wgan_gp": ("WGAN-GP", {"loss": "wgan_gp", "critic_steps": 2, "betas": [0.5, 0.9]}),
+}
+_GAN_BEST = "wgan_gp"
+for _key, (_name, _over) in _GAN_VARIANTS.items():
+    _gan_register(_key, "eight_gaussians", f"GAN on the eight Gaussians, {_name} loss (MLPs).", **_over)
+_gan_register("gan", "eight_gaussians", "The GAN chapter's best variant on the eight Gaussians "
+              f"({_GAN_VARIANTS[_GAN_BEST][0]}).", variant=_GAN_VARIANTS[_GAN_BEST][0],
+              **_GAN_VARIANTS[_GAN_BEST][1])
+_gan_register("gan_collapse", "eight_gaussians", "The vanilla minimax GAN in a fragile setting that collapses.",
+              loss="minimax", latent_dim=2, lr=5e-3, lr_critic=2e-4, betas=[0.5, 0.999], batch_size=64,
+              schedule="constant", ema=None, steps=1500)
+for _loss in ("minimax", "ns", "wgan_clip", "wgan_gp"):
+    for _k in (1, 3):
+        for _lr in (5e-4, 2e-3):
+            _gan_register(f"gan_grid_{_loss}_k{_k}_lr{_lr:g}", "eight_gaussians_sweep",
+                          "A short run of the GAN chapter's explorer grid (loss, critic steps, learning rate).",
+                          loss=_loss, critic_steps=_k, lr=_lr, hidden=32, steps=300, batch_size=256,
+                          betas=[0.5, 0.9], schedule="constant", ema=None, monitor_every=50)
+for _b1 in (0.0, 0.9):  # with the grid's ns, k = 1, lr = 2e-3 run (beta1 = 0.5): the sensitivity to beta1
+    _gan_register(f"gan_grid_ns_k1_lr0.002_b{_b1:g}", "eight_gaussians_sweep",
+                  "A short run of the GAN chapter's sensitivity to Adam's beta1.", loss="ns", critic_steps=1,
+                  lr=2e-3, hidden=32, steps=300, batch_size=256, betas=[_b1, 0.9], schedule="constant", ema=None,
+                  monitor_every=50)
+_GAN_DIGITS = {"image": True, "latent_dim": 16, "channels": 32, "loss": "ns", "gp_weight": 10.0, "steps": 1200,
+               "batch_size": 64, "critic_steps": 1, "lr": 5e-4, "lr_critic": None, "betas": [0.5, 0.999],
+               "schedule": "constant", "ema": None, "monitor_every": 0}
+register("dcgan", "digits", _gan_build, _gan_train, {**_GAN_DIGITS, "n_classes": 0, "desc": "DCGAN (digits)"},
+         "A small DCGAN-style GAN on the 8x8 digits (non-saturating loss).")
+register("cgan", "digits", _gan_build, _gan_train, {**_GAN_DIGITS, "n_classes": 10, "desc": "conditional GAN (digits)"},
+         "A class-conditional DCGAN-style GAN on the 8x8 digits (labels as one-hot inputs and critic planes).")
+
+
+# --- flows ---
+# The coupling flow (RealNVP with actnorm and LU mixing) and the continuous normalizing flow of the
+# normalizing-flows chapter, on the eight Gaussians and on the dequantised digits.
+
+_FLOW_8G = {"n_layers": 12, "hidden": 128, "depth": 2, "mixing": "lu", "steps": 2500, "batch_size": 512,
+            "lr": 3e-3, "schedule": "cosine"}
+_FLOW_DEPTHS = (2, 4, 8)  # the depth study of the chapter (the headline model is the deepest point)
+
+
+def _flow_build(config: dict) -> nn.Module:
+    from .models import flows
+
+    return flows.coupling_flow(2, config["n_layers"], config["hidden"], config["depth"], mixing=config["mixing"])
+
+
+def _flow_train(model, config, seed, device, progress):
+    from .data import eight_gaussians
+    from .train import fit
+
+    x = eight_gaussians(2000, seed=seed, device=device)
+    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               schedule=config["schedule"], seed=seed, progress=progress,
+               desc=f"coupling flow ({config['n_layers']} layers)")
+
+
+register("flow", "eight_gaussians", _flow_build, _flow_train, _FLOW_8G,
+         "RealNVP coupling flow (actnorm, LU mixing, tanh-bounded log-scales), maximum likelihood.")
+for _depth in _FLOW_DEPTHS:
+    register("flow", f"eight_gaussians_depth{_depth}", _flow_build, _flow_train,
+             {**_FLOW_8G, "n_layers": _depth, "steps": 1500},
+             f"The coupling flow with {_depth} coupling layers on the eight Gaussians (the chapter's depth study).")
+
+_CNF_8G = {"hidden": 64, "depth": 3, "time_embed_dim": 8, "time_scale": 0.01, "ode_steps": 4, "method": "heun",
+           "steps": 600, "batch_size": 512, "lr": 5e-3, "schedule": "cosine"}
+
+
+def _cnf_build(config: dict) -> nn.Module:
+    from .models import flows
+
+    return flows.CNF(2, config["hidden"], config["depth"], time_embed_dim=config["time_embed_dim"],
+                     time_scale=config["time_scale"], steps=config["ode_steps"], method=config["method"])
+
+
+def _cnf_train(model, config, seed, device, progress):
+    from .data import eight_gaussians
+    from .train import fit
+
+    x = eight_gaussians(2000, seed=seed, device=device)
+    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               schedule=config["schedule"], seed=seed, progress=progress, desc="CNF (maximum likelihood)")
+
+
+register("cnf", "eight_gaussians", _cnf_build, _cnf_train, _CNF_8G,
+         "Continuous normalizing flow: MLP field with time embedding, fixed-step ODE, exact divergence, "
+         "maximum likelihood through the solver.")
+
+_FLOW_DIGITS = {"n_layers": 6, "hidden": 192, "depth": 2, "alpha": 0.05, "steps": 1500, "batch_size": 128,
+                "lr": 1e-3, "weight_decay": 1e-5, "schedule": "cosine", "dequantization": "uniform"}
+
+
+def _flow_digits_build(config: dict) -> nn.Module:
+    from .models import flows
+
+    return flows.digits_flow(config["n_layers"], config["hidden"], config["depth"], alpha=config["alpha"])
+
+
+def _flow_digits_train(model, config, seed, device, progress):
+    from .data import digits
+    from .models.flows import dequantize
+    from .train import fit
+
+    x = digits(device=device).train_x.flatten(1)
+    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               weight_decay=config["weight_decay"], optimizer="adamw", schedule=config["schedule"], seed=seed,
+               progress=progress, loss_fn=lambda m, b: m.loss(dequantize(b)), desc="coupling flow (digits)")
+
+
+register("flow", "digits", _flow_digits_build, _flow_digits_train, _FLOW_DIGITS,
+         "Coupling flow on uniformly dequantised 8x8 digits (logit preprocessing, checkerboard masks, LU mixing).")
+
+
+# --- autoregressive ---
+# The headline model: a binned autoregressive density on the eight Gaussians (90 bins on [-4.5, 4.5] plus
+# exponential tails), trained by maximum likelihood on the training set jittered by N(0, 0.1^2) noise at every
+# step (a kernel smoothing of the empirical distribution that keeps the 92-way conditionals from overfitting).
+# Chapter models: a PixelCNN on digits, character transformers on the surnames (the headline one and three
+# smaller ones for the scaling plot, all with the same training budget) and a prior over the VQ-VAE's codes.
+
+_AR_8G = {"bins": 90, "lim": 4.5, "hidden": 64, "depth": 3, "tail_scale": 0.5, "jitter": 0.1, "steps": 1500,
+          "batch_size": 256, "lr": 1e-2, "schedule": "cosine"}
+
+
+def _ar_build(config: dict) -> nn.Module:
+    from .models.autoregressive import BinnedAutoregressive
+
+    return BinnedAutoregressive(2, config["bins"], config["lim"], config["hidden"], config["depth"],
+                                config["tail_scale"])
+
+
+def _ar_train(model, config, seed, device, progress):
+    from ._util import randn
+    from .data import eight_gaussians
+    from .train import fit
+
+    x = eight_gaussians(2000, seed=seed, device=device)
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    jitter = config["jitter"]
+    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               schedule=config["schedule"], seed=seed, progress=progress, desc="binned autoregressive",
+               loss_fn=lambda m, b: m.loss(b + jitter * randn(b.shape, like=b, generator=g)))
+
+
+register("autoregressive", "eight_gaussians", _ar_build, _ar_train, _AR_8G,
+         "Binned autoregressive density p(x1) p(x2 | x1): 90 bins + exponential tails per coordinate, MLP "
+         "conditioner, uniform within bins (exact log_prob), inverse-CDF sampling; trained with N(0, 0.1^2) jitter.")
+
+_PIXELCNN = {"levels": 17, "channels": 32, "blocks": 3, "first_kernel": 5, "kernel_size": 3, "steps": 800,
+             "batch_size": 64, "lr": 3e-3, "schedule": "cosine"}
+
+
+def _pixelcnn_build(config: dict) -> nn.Module:
+    from .models.autoregressive import PixelCNN
+
+    return PixelCNN(config["levels"], config["channels"], config["blocks"], config["first_kernel"],
+                    config["kernel_size"])
+
+
+def _pixelcnn_train(model, config, seed, device, progress):
+    from .data import digits
+    from .train import fit
+
+    return fit(model, digits(device=device).train_x, steps=config["steps"], batch_size=config["batch_size"],
+               lr=config["lr"], schedule=config["schedule"], seed=seed, progress=progress, desc="PixelCNN (digits)")
+
+
+register("pixelcnn", "digits", _pixelcnn_build, _pixelcnn_train, _PIXELCNN,
+         "PixelCNN on 8x8 digits: type-A 5x5 then residual type-B 3x3 masked convolutions, 17-way softmax per pixel.")
+
+_CHAR = {"d_model": 32, "n_layers": 2, "n_heads": 4, "block_size": 16, "steps": 1000, "batch_size": 128,
+         "lr": 5e-3, "warmup": 100, "schedule": "cosine", "corpus": "surnames"}
+# the scaling study: the same recipe at smaller widths (the headline model is its largest point)
+CHAR_SCALING_WIDTHS = (8, 16, 32)
+
+
+def _char_build(config: dict) -> nn.Module:
+    from .data import names_corpus
+    from .models.autoregressive import CausalTransformer
+
+    vocab = names_corpus(config["corpus"]).tokenizer.vocab_size
+    return CausalTransformer(vocab, config["block_size"], config["d_model"], config["n_layers"], config["n_heads"])
+
+
+def _char_train(model, config, seed, device, progress):
+    from .data import names_corpus
+    from .train import fit
+
+    corpus = names_corpus(config["corpus"])
+    tokens = corpus.tokenizer.batch(corpus.train, device=device)
+    return fit(model, tokens, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               warmup=config["warmup"], schedule=config["schedule"], seed=seed, progress=progress,
+               desc=f"char transformer (d={config['d_model']})")
+
+
+register("char_transformer", "names", _char_build, _char_train, _CHAR,
+         "Character-level causal transformer on the census surnames (d_model 32, 2 layers, 4 heads).")
+for _width in CHAR_SCALING_WIDTHS[:-1]:
+    register(f"char_transformer_d{_width}", "names", _char_build, _char_train,
+             {**_CHAR, "d_model": _width, "n_heads": max(1, _width // 8)},
+             f"The names transformer at width {_width} (the scaling study).")
+
+_CODE_PRIOR = {"d_model": 64, "n_layers": 2, "n_heads": 4, "steps": 600, "batch_size": 128, "lr": 3e-3,
+               "warmup": 50, "schedule": "cosine", "vqvae": dict(_REGISTRY[("vqvae", "digits")].config)
+               if ("vqvae", "digits") in _REGISTRY else None}
+
+
+def _code_prior_build(config: dict) -> nn.Module:
+    from .models.autoregressive import CodePrior
+
+    vq = config["vqvae"] or {}
+    return CodePrior(vq.get("codebook_size", 32), (4, 4), config["d_model"], config["n_layers"], config["n_heads"])
+
+
+def _code_prior_train(model, config, seed, device, progress):
+    from .data import digits
+    from .train import fit
+
+    vqvae = get("vqvae", dataset="digits", seed=seed, device=device, progress=progress)
+    with torch.no_grad():
+        codes = vqvae.encode_indices(digits(device=device).train_x)
+    return fit(model, codes, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               warmup=config["warmup"], schedule=config["schedule"], seed=seed, progress=progress,
+               desc="prior over VQ-VAE codes")
+
+
+register("code_prior", "digits", _code_prior_build, _code_prior_train, _CODE_PRIOR,
+         "Causal transformer prior over the VQ-VAE's 4x4 code grids (raster order); VQVAE.sample(n, prior=...).")
+
+
+# --- diffusion ---
+
+
+def _diffusion_build(config: dict) -> nn.Module:
+    from .models import diffusion as D
+
+    sched = D.Schedule(config["schedule"], **config.get("schedule_args", {}))
+    net = D.DenoiserMLP(config["dim"], config["hidden"], config["depth"], time_embed_dim=config["time_embed_dim"],
+                        time_scale=config["time_scale"])
+    return D.Diffusion(net, sched, prediction=config["prediction"], weighting=config["weighting"],
+                       data_std=config["data_std"], sampler=config["sampler"], steps=config["sample_steps"],
+                       spacing=config["spacing"])
+
+
+def _diffusion_train(model, config, seed, device, progress):
+    from . import data
+    from .train import fit
+
+    if config["dim"] == 2:
+        x = data.eight_gaussians(2000, seed=seed, device=device)
+    else:  # digits, scaled from 0..16 to [-1, 1] and flattened
+        x = (data.digits(device=device).train_x.reshape(-1, 64) / 8.0 - 1.0)
+    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               schedule="cosine", seed=seed, device=device, progress=progress, desc=f"diffusion ({config['schedule']})")
+
+
+_DIFFUSION_2D = {"dim": 2, "hidden": 64, "depth": 3, "time_embed_dim": 32, "time_scale": 20.0, "prediction": "eps",
+                 "weighting": "eps", "data_std": 2.0, "steps": 5000, "batch_size": 512, "lr": 3e-3}
+register("diffusion", "eight_gaussians", _diffusion_build, _diffusion_train,
+         {**_DIFFUSION_2D, "schedule": "vp_linear", "sampler": "sde", "sample_steps": 100, "spacing": "quadratic"},
+         "DDPM / VP-SDE (linear betas), noise prediction, sampled by the reverse SDE (Euler-Maruyama).")
+register("diffusion_ve", "eight_gaussians", _diffusion_build, _diffusion_train,
+         {**_DIFFUSION_2D, "schedule": "ve", "schedule_args": {"sigma_min": 0.01, "sigma_max": 10.0},
+          "sampler": "sde", "sample_steps": 100, "spacing": "uniform"},
+         "Score matching with Langevin dynamics / VE-SDE (geometric sigmas), sampled by the reverse SDE.")
+register("diffusion", "digits", _diffusion_build, _diffusion_train,
+         {"dim": 64, "hidden": 256, "depth": 3, "time_embed_dim": 32, "time_scale": 20.0, "prediction": "eps",
+          "weighting": "eps", "data_std": 0.6, "steps": 4000, "batch_size": 128, "lr": 2e-3, "schedule": "vp_cosine",
+          "sampler": "ddpm", "sample_steps": 100, "spacing": "uniform"},
+         "A time-conditioned MLP denoiser on the 8x8 digits (scaled to [-1, 1]), VP cosine schedule, DDPM sampling.")
+
+
+# --- flow_matching ---
+# Flow matching (book/flow_matching). One builder and one trainer serve every recipe; the config names
+# the data, the source, the path, the coupling and the training budget.
+
+_FM_TOY = {"dim": 2, "hidden": 128, "depth": 3, "time_embed_dim": 32, "time_scale": 1000.0, "scale": 2.0,
+           "path": "cond_ot", "sigma_min": 1e-4, "coupling": "independent", "reg": 0.05, "source": "gaussian",
+           "data": "eight_gaussians", "n": 2000, "steps": 2000, "batch_size": 512, "lr": 3e-3}
+
+
+def _fm_build(config: dict) -> nn.Module:
+    from .data import eight_gaussians_density
+    from .models.flow_matching import FlowMatching, MixtureSource
+
+    source = MixtureSource(eight_gaussians_density()) if config["source"] == "eight_gaussians" else None
+    return FlowMatching(config["dim"], hidden=config["hidden"], depth=config["depth"],
+                        time_embed_dim=config["time_embed_dim"], time_scale=config["time_scale"],
+                        path=config["path"], sigma_min=config["sigma_min"], coupling=config["coupling"],
+                        reg=config["reg"], source=source, shape=config.get("shape"), shift=config.get("shift", 0.0),
+                        scale=config["scale"], clamp=config.get("clamp"))
+
+
+def _fm_data(config: dict, seed: int, device):
+    from . import data as d
+
+    if config["data"] == "digits":
+        return d.digits(device=device).train_x
+    if config["data"] == "vae_latents":
+        vae = get("vae", dataset="digits", seed=0, device=device)
+        with torch.no_grad():
+            return vae.encode(d.digits(device=device).train_x).detach()
+    return d.toy(config["data"], config["n"], seed=seed, device=device)
+
+
+def _fm_train(model, config, seed, device, progress):
+    from .train import fit
+
+    x = _fm_data(config, seed, device)
+    if config.get("standardize"):  # latent codes: one scalar shift and scale, kept as buffers
+        model.shift.fill_(float(x.mean()))
+        model.scale.fill_(float(x.std()))
+    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               schedule="cosine", seed=seed, device=device, progress=progress,
+               desc=f"flow matching ({config['coupling']}, {config['data']})")
+
+
+def _reflow_train(model, config, seed, device, progress):
+    """Rectification: pairs (x_0, T(x_0)) from the trained base model, then the straight path on those pairs,
+    starting from the base model's weights."""
+    from .models.flow_matching import reflow_pairs
+    from .train import fit
+
+    base = get(config["base"], dataset=config["data"], seed=seed, device=device, progress=progress)
+    model.load_state_dict(base.state_dict())
+    x1, x0 = reflow_pairs(base, config["pairs"], steps=config["pair_steps"],
+                          generator=torch.Generator().manual_seed(seed + 1))
+    return fit(model, (x1, x0), steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+               schedule="cosine", seed=seed, device=device, progress=progress, desc="reflow")
+
+
+register("flow_matching", "eight_gaussians", _fm_build, _fm_train, dict(_FM_TOY),
+         "Conditional flow matching (conditional OT path, independent coupling) on the eight Gaussians.")
+register("ot_cfm", "eight_gaussians", _fm_build, _fm_train, {**_FM_TOY, "coupling": "ot", "batch_size": 256},
+         "Flow matching with exact minibatch optimal-transport couplings (ot.emd) on the eight Gaussians.")
+register("reflow", "eight_gaussians", _fm_build, _reflow_train,
+         {**_FM_TOY, "path": "rectified", "sigma_min": 0.0, "base": "flow_matching", "pairs": 20_000,
+          "pair_steps": 100, "steps": 1000, "lr": 1e-3},
+         "Reflow: the flow_matching model rectified once on its own couplings (straight path).")
+register("ot_cfm", "two_moons", _fm_build, _fm_train,
+         {**_FM_TOY, "coupling": "ot", "batch_size": 256, "source": "eight_gaussians", "data": "two_moons",
+          "scale": 1.0, "steps": 1000},
+         "Flow matching from the eight Gaussians (source) to two moons with minibatch OT couplings.")
+register("flow_matching", "digits", _fm_build, _fm_train,
+         {**_FM_TOY, "dim": 64, "shape": [1, 8, 8], "shift": 8.0, "scale": 8.0, "clamp": [0.0, 16.0],
+          "hidden": 512, "time_embed_dim": 64, "data": "digits", "steps": 3000, "batch_size": 128, "lr": 1e-3},
+         "Flow matching in pixel space on the 8x8 digits (MLP velocity, 64-d).")
+register("flow_matching_latent", "digits", _fm_build, _fm_train,
+         {**_FM_TOY, "dim": 8, "hidden": 256, "time_embed_dim": 32, "data": "vae_latents", "standardize": True,
+          "vae": "vae/digits seed 0", "steps": 3000, "batch_size": 128, "lr": 1e-3},
+         "Flow matching in the latent space of the VAE chapter's digits model (samples are latent codes).")

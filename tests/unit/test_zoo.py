@@ -90,3 +90,11 @@ def test_import_genlib_is_light():
             "'torchdiffeq', 'IPython') if m in sys.modules]; print(heavy); assert not heavy, heavy; "
             "genlib.data; genlib.zoo; genlib.metrics; genlib.solvers; assert 'matplotlib' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_families_are_the_headline_keys_in_book_order():
+    fams = zoo.families()
+    assert set(fams) <= set(zoo.HEADLINE)
+    assert fams == [f for f in zoo.HEADLINE if f in fams]
+    assert ("digits_classifier", "digits") in zoo.models("digits")
+    assert "digits_classifier" not in zoo.families("digits")

@@ -1,0 +1,487 @@
+"""Generative adversarial networks: a generator G_theta pushing Gaussian noise onto the data, trained
+against a discriminator D_psi (or a Wasserstein critic f_psi) in an alternating two-player loop.
+
+Four losses share one model and one loop:
+
+- ``"minimax"``: the original game. The discriminator maximises E log D(x) + E log(1 - D(G(z))), the
+  generator minimises E log(1 - D(G(z))) (this gradient vanishes when D wins: saturation);
+- ``"ns"``: the non-saturating generator loss -E log D(G(z)) with the same discriminator;
+- ``"wgan_clip"``: the Wasserstein critic, E f(G(z)) - E f(x) minimised by the critic, -E f(G(z)) by the
+  generator, with every critic weight clipped to [-clip, clip] after each critic step;
+- ``"wgan_gp"``: the same critic loss plus the gradient penalty gp_weight * E (||grad f(x_hat)|| - 1)^2 on
+  random interpolates x_hat of real and generated points.
+
+The discriminator returns a logit l (D = sigmoid(l)); all log D terms are computed as softplus of the
+logit, which is exact and never takes the log of 0. A GAN has no log-density: ``log_prob`` raises.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, randn
+from ..nn import MLP, ConvDecoder, ConvEncoder
+from ..train import History, TrainingDiverged, batches, progress_bar
+
+__all__ = ["LOSSES", "GAN", "mlp_gan", "dcgan", "critic_loss", "generator_loss", "gradient_penalty",
+           "clip_weights", "optimal_discriminator", "fit", "mode_monitor", "snapshots", "train_recipe"]
+
+LOSSES = ("minimax", "ns", "wgan_clip", "wgan_gp")
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+class GAN(nn.Module):
+    """A generator and a critic (discriminator), with the loss they are trained under.
+
+    ``generator(z[, y])`` maps noise (B, latent_dim) to data in a normalised space; the data are
+    ``shift + scale * generator(z)``. ``critic(u[, y])`` returns one real number per point of the normalised
+    space (a logit for ``minimax``/``ns``, a critic value for the Wasserstein losses). With ``n_classes > 0``
+    both networks take class labels y (a conditional GAN).
+    """
+
+    def __init__(self, generator: nn.Module, critic: nn.Module, latent_dim: int, data_shape: tuple[int, ...],
+                 loss: str = "ns", clip: float = 0.01, gp_weight: float = 0.1, n_classes: int = 0,
+                 shift: float = 0.0, scale: float = 1.0):
+        super().__init__()
+        check_positive_int("latent_dim", latent_dim)
+        check_choice("loss", loss, LOSSES)
+        check_positive_float("clip", clip)
+        check_positive_float("gp_weight", gp_weight, allow_zero=True)
+        check_positive_int("n_classes", n_classes, minimum=0)
+        check_positive_float("scale", scale)
+        self.generator, self.critic = generator, critic
+        self.latent_dim, self.data_shape = latent_dim, tuple(data_shape)
+        self.loss_type, self.clip, self.gp_weight, self.n_classes = loss, float(clip), float(gp_weight), n_classes
+        self.register_buffer("shift", torch.tensor(float(shift)))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.last_nfe = 0
+
+    # --- the probability transformation ------------------------------------------------------
+    def _labels(self, y, n: int, like: torch.Tensor) -> torch.Tensor | None:
+        if self.n_classes == 0:
+            if y is not None:
+                raise ValueError("y: this GAN is unconditional; do not pass labels")
+            return None
+        if y is None:
+            raise ValueError(f"y: this GAN is class-conditional ({self.n_classes} classes); pass labels")
+        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.shape != (n,):
+            raise ValueError(f"y: expected {n} integer labels, got {y!r:.80}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+            raise ValueError(f"y: labels must lie in 0..{self.n_classes - 1}")
+        return y.to(like.device).long()
+
+    def transform(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The generator as a map from noise z (B, latent_dim) to data (B, *data_shape), deterministic."""
+        z = check_tensor("z", z, ndim=2, last_dim=self.latent_dim)
+        y = self._labels(y, z.shape[0], z)
+        out = self.generator(z) if y is None else self.generator(z, y)
+        self.last_nfe = 1
+        return self.shift + self.scale * out.view(z.shape[0], *self.data_shape)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """n samples: z ~ N(0, I) pushed through the generator (one network evaluation), on the model's device.
+
+        A conditional GAN takes labels y (n,); without them the labels cycle through 0..n_classes-1.
+        """
+        check_positive_int("n", n)
+        like = self.shift
+        if self.n_classes and y is None:
+            y = torch.arange(n, device=like.device) % self.n_classes
+        z = randn((n, self.latent_dim), like=like, generator=generator)
+        with torch.no_grad():
+            return self.transform(z, y)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            "a GAN has no likelihood: the generator defines p_theta only as the law of G(z), with no density to "
+            "evaluate; use sample(n) and sample-based metrics (binned KL, W2, label entropy) instead")
+
+    log_prob.not_implemented = True
+
+    # --- the critic --------------------------------------------------------------------------
+    def critic_value(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The critic's output (B,) on data-space points x: a logit for minimax/ns, f(x) for the WGANs."""
+        u = (x - self.shift) / self.scale
+        return self._critic(u, y)
+
+    def _critic(self, u: torch.Tensor, y) -> torch.Tensor:
+        out = self.critic(u) if y is None else self.critic(u, y)
+        return out.reshape(u.shape[0])
+
+    def discriminator(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """D(x) = sigmoid(logit) in (0, 1), for the minimax and non-saturating losses."""
+        if self.loss_type.startswith("wgan"):
+            raise ValueError(f"loss: a {self.loss_type} critic is not a probability; use critic_value(x)")
+        return torch.sigmoid(self.critic_value(x, y))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("a GAN is trained by a two-player game, not one loss: use genlib.models.gan.fit, "
+                                  "or critic_loss / generator_loss")
+
+
+class _ConditionalMLP(nn.Module):
+    """An MLP on [input, one-hot(y)]."""
+
+    def __init__(self, in_dim: int, out_dim: int, n_classes: int, **kw):
+        super().__init__()
+        self.n_classes = n_classes
+        self.net = MLP(in_dim + n_classes, out_dim, **kw)
+
+    def forward(self, x, y=None):
+        if self.n_classes:
+            x = torch.cat([x, F.one_hot(y, self.n_classes).to(x.dtype)], -1)
+        return self.net(x)
+
+
+def mlp_gan(data_dim: int = 2, latent_dim: int = 2, hidden: int = 128, depth: int = 3, loss: str = "ns",
+            activation: str = "leaky_relu", critic_hidden: int | None = None, critic_depth: int | None = None,
+            clip: float = 0.01, gp_weight: float = 0.1, n_classes: int = 0) -> GAN:
+    """A GAN of two MLPs (genlib.nn.MLP) for low-dimensional data, such as the eight Gaussians."""
+    check_positive_int("data_dim", data_dim)
+    gen = _ConditionalMLP(latent_dim, data_dim, n_classes, hidden=hidden, depth=depth, activation=activation)
+    crit = _ConditionalMLP(data_dim, 1, n_classes, hidden=critic_hidden or hidden, depth=critic_depth or depth,
+                           activation=activation)
+    return GAN(gen, crit, latent_dim, (data_dim,), loss=loss, clip=clip, gp_weight=gp_weight, n_classes=n_classes)
+
+
+class _ConvGenerator(nn.Module):
+    """DCGAN-style generator for 8x8 images: genlib.nn.ConvDecoder on [z, one-hot(y)], squashed by tanh."""
+
+    def __init__(self, latent_dim: int, channels: int, n_classes: int):
+        super().__init__()
+        self.n_classes = n_classes
+        self.net = ConvDecoder(latent_dim + n_classes, 1, channels=channels, activation="relu")
+
+    def forward(self, z, y=None):
+        if self.n_classes:
+            z = torch.cat([z, F.one_hot(y, self.n_classes).to(z.dtype)], -1)
+        return torch.tanh(self.net(z))
+
+
+class _ConvCritic(nn.Module):
+    """DCGAN-style critic for 8x8 images: genlib.nn.ConvEncoder (strided convolutions, leaky ReLU) with one
+    constant one-hot plane per class appended to the image for a conditional critic."""
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__()
+        self.n_classes = n_classes
+        self.net = ConvEncoder(1, in_channels=1 + n_classes, channels=channels, activation="leaky_relu")
+
+    def forward(self, u, y=None):
+        if self.n_classes:
+            planes = F.one_hot(y, self.n_classes).to(u.dtype)[:, :, None, None].expand(-1, -1, 8, 8)
+            u = torch.cat([u, planes], 1)
+        return self.net(u)
+
+
+def dcgan(latent_dim: int = 16, channels: int = 32, critic_channels: int | None = None, loss: str = "ns",
+          n_classes: int = 0, clip: float = 0.01, gp_weight: float = 10.0) -> GAN:
+    """A small convolutional GAN for the 8x8 digits (values 0..16): the generator ends in tanh and its output
+    u in (-1, 1) is mapped to 8 + 8u; with ``n_classes = 10`` it is a class-conditional GAN."""
+    gen = _ConvGenerator(latent_dim, channels, n_classes)
+    crit = _ConvCritic(critic_channels or channels, n_classes)
+    return GAN(gen, crit, latent_dim, (1, 8, 8), loss=loss, clip=clip, gp_weight=gp_weight,
+               n_classes=n_classes, shift=8.0, scale=8.0)
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+
+def critic_loss(loss: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The critic's loss (to minimise) from its outputs on real (B,) and generated (B,) points.
+
+    minimax / ns: -[E log D(x) + E log(1 - D(G(z)))] = E softplus(-l_real) + E softplus(l_fake).
+    wgan_clip / wgan_gp: E f(G(z)) - E f(x) (the gradient penalty is added by :func:`gradient_penalty`).
+    """
+    check_choice("loss", loss, LOSSES)
+    if loss in ("minimax", "ns"):
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    return fake.mean() - real.mean()
+
+
+def generator_loss(loss: str, fake: torch.Tensor) -> torch.Tensor:
+    """The generator's loss (to minimise) from the critic's outputs on generated points (B,).
+
+    minimax: E log(1 - D(G(z))) = -E softplus(l); its gradient in l is -D, which vanishes as D -> 0.
+    ns:      -E log D(G(z)) = E softplus(-l); its gradient in l is -(1 - D), which tends to -1 as D -> 0.
+    wgan_*:  -E f(G(z)).
+    """
+    check_choice("loss", loss, LOSSES)
+    if loss == "minimax":
+        return -F.softplus(fake).mean()
+    if loss == "ns":
+        return F.softplus(-fake).mean()
+    return -fake.mean()
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """E (||grad_x f(x_hat)||_2 - 1)^2 at x_hat = a x + (1 - a) G(z), a ~ U(0, 1) per pair (Gulrajani et al., 2017).
+
+    Differentiable in the critic's parameters (create_graph=True), so it can be added to the critic loss.
+    """
+    if real.shape != fake.shape:
+        raise ValueError(f"fake: expected the shape of real {tuple(real.shape)}, got {tuple(fake.shape)}")
+    from .._util import rand
+
+    a = rand((real.shape[0],) + (1,) * (real.ndim - 1), like=real, generator=generator)
+    x_hat = (a * real + (1 - a) * fake).detach().requires_grad_(True)
+    out = critic(x_hat)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+@torch.no_grad()
+def clip_weights(module: nn.Module, c: float) -> None:
+    """Clip every parameter of `module` into [-c, c] in place (the WGAN critic's Lipschitz constraint)."""
+    check_positive_float("c", c)
+    for p in module.parameters():
+        p.clamp_(-c, c)
+
+
+def optimal_discriminator(p_data: torch.Tensor, p_model: torch.Tensor) -> torch.Tensor:
+    """D*(x) = p_data(x) / (p_data(x) + p_model(x)) from the two densities evaluated at the same points."""
+    p_data = check_tensor("p_data", p_data)
+    p_model = check_tensor("p_model", p_model)
+    if (p_data < 0).any() or (p_model < 0).any():
+        raise ValueError("p_data, p_model: densities must be non-negative")
+    return p_data / (p_data + p_model)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _optimizer(name: str, params, lr: float, betas: tuple[float, float]):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=betas[0])
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
+def fit(
+    model: GAN,
+    data,
+    *,
+    steps: int = 2000,
+    batch_size: int = 256,
+    critic_steps: int = 1,
+    lr: float = 2e-4,
+    lr_critic: float | None = None,
+    optimizer: str = "adam",
+    optimizer_critic: str | None = None,
+    betas: tuple[float, float] = (0.5, 0.999),
+    betas_critic: tuple[float, float] | None = None,
+    schedule: str = "constant",
+    ema: float | None = None,
+    seed: int | None = 0,
+    device=None,
+    callback: Callable[[int, GAN, History], None] | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> History:
+    """Train a GAN by alternating gradient play: `critic_steps` critic updates, then one generator update.
+
+    `data` is a tensor (N, *data_shape) or, for a conditional GAN, a tuple (x, labels). `steps` counts generator
+    updates. The optimisers ("adam", "sgd" with momentum betas[0], "rmsprop") and their learning rates and betas
+    are set separately for the two players (the critic's default to the generator's); ``schedule="cosine"`` decays
+    both learning rates to 0. With ``ema`` (a decay such as 0.999) the returned generator holds an exponential
+    moving average of the generator's weights over training, which damps the oscillations of the game
+    (callbacks see the raw weights). For the clipped WGAN the
+    critic's weights are clipped after every critic step; for WGAN-GP the penalty is added to its loss.
+
+    Returns a :class:`genlib.train.History` (also ``model.history``): ``loss`` is the generator loss per step;
+    ``extra`` holds ``critic_loss``, ``generator_loss`` and a divergence estimate per step: ``js`` (the
+    Jensen-Shannon estimate (log 4 - critic loss) / 2, exact when the discriminator is optimal) for minimax/ns,
+    ``w1`` (E f(x) - E f(G(z)), a W1 estimate up to the critic's Lipschitz constant) for the WGANs. Raises
+    :class:`genlib.train.TrainingDiverged` naming the step when a loss becomes NaN or infinite.
+    """
+    if not isinstance(model, GAN):
+        raise TypeError(f"model: expected a genlib.models.gan.GAN, got {type(model).__name__}")
+    if isinstance(data, torch.Tensor):
+        x_all, y_all = data, None
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
+        x_all, y_all = data
+    else:
+        raise TypeError(f"data: expected a tensor or a tuple (x, labels), got {type(data).__name__}")
+    check_tensor("data", x_all, ndim=1 + len(model.data_shape))
+    if tuple(x_all.shape[1:]) != model.data_shape:
+        raise ValueError(f"data: expected shape (N, {', '.join(map(str, model.data_shape))}), got {tuple(x_all.shape)}")
+    if model.n_classes and y_all is None:
+        raise ValueError("data: a conditional GAN needs (x, labels)")
+    if y_all is not None:
+        if not model.n_classes:
+            raise ValueError("data: labels given to an unconditional GAN")
+        if y_all.shape != (x_all.shape[0],):
+            raise ValueError(f"data: expected {x_all.shape[0]} labels, got shape {tuple(y_all.shape)}")
+    check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("critic_steps", critic_steps)
+    check_positive_float("lr", lr)
+    lr_critic = lr if lr_critic is None else check_positive_float("lr_critic", lr_critic)
+    check_choice("optimizer", optimizer, ("adam", "sgd", "rmsprop"))
+    optimizer_critic = optimizer if optimizer_critic is None else optimizer_critic
+    check_choice("optimizer_critic", optimizer_critic, ("adam", "sgd", "rmsprop"))
+    betas_critic = betas if betas_critic is None else betas_critic
+    check_choice("schedule", schedule, ("constant", "cosine"))
+    if ema is not None and not (isinstance(ema, float) and 0 < ema < 1):
+        raise ValueError(f"ema: expected None or a decay in (0, 1), got {ema!r}")
+    for name, b in (("betas", betas), ("betas_critic", betas_critic)):
+        if len(b) != 2 or not all(0 <= v < 1 for v in b):
+            raise ValueError(f"{name}: expected two numbers in [0, 1), got {b!r}")
+
+    device = torch.device(device) if device is not None else model.shift.device
+    model.to(device)
+    x_all = x_all.to(device)
+    u_all = (x_all - model.shift) / model.scale  # both players work in the normalised space
+    tensors = (u_all,) if y_all is None else (u_all, y_all.to(device).long())
+    if seed is not None:
+        torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(0 if seed is None else seed)
+    stream = batches(tensors, min(batch_size, u_all.shape[0]), gen)
+    opt_g = _optimizer(optimizer, model.generator.parameters(), lr, betas)
+    opt_c = _optimizer(optimizer_critic, model.critic.parameters(), lr_critic, betas_critic)
+    scheds = []
+    if schedule == "cosine":
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / steps, 1.0))))
+                  for o in (opt_g,)]
+        scheds.append(torch.optim.lr_scheduler.LambdaLR(
+            opt_c, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / (steps * critic_steps), 1.0)))))
+    averaged = [p.detach().clone() for p in model.generator.parameters()] if ema is not None else None
+    kind = model.loss_type
+    history = History()
+    log4 = math.log(4.0)
+
+    def fake_batch(b, y):
+        z = randn((b, model.latent_dim), like=u_all)
+        out = model.generator(z) if y is None else model.generator(z, y)
+        return out.view(b, *model.data_shape)
+
+    def diverged(what, value, step):
+        raise TrainingDiverged(
+            f"the {what} loss became {value} at step {step} of {steps} (lr={lr}, lr_critic={lr_critic}, "
+            f"loss={kind}); the game diverged. Try smaller learning rates, more critic regularisation or "
+            "another loss.")
+
+    model.train()
+    bar = progress_bar(steps, desc or f"fit GAN ({kind})", progress)
+    start = time.perf_counter()
+    try:
+        for step in range(steps):
+            for _ in range(critic_steps):
+                batch = next(stream)
+                u, y = batch[0], (batch[1] if len(batch) > 1 else None)
+                with torch.no_grad():
+                    fake = fake_batch(u.shape[0], y)
+                real_out, fake_out = model._critic(u, y), model._critic(fake, y)
+                c_loss = critic_loss(kind, real_out, fake_out)
+                total = c_loss
+                if kind == "wgan_gp" and model.gp_weight > 0:
+                    total = c_loss + model.gp_weight * gradient_penalty(lambda v, y=y: model._critic(v, y), u, fake)
+                if not torch.isfinite(total):
+                    diverged("critic", total.item(), step)
+                opt_c.zero_grad(set_to_none=True)
+                total.backward()
+                opt_c.step()
+                if scheds:
+                    scheds[1].step()
+                if kind == "wgan_clip":
+                    clip_weights(model.critic, model.clip)
+            b = u.shape[0]
+            y_fake = None if y is None else y[torch.randperm(b, generator=gen).to(device)]
+            fake = fake_batch(b, y_fake)
+            g_loss = generator_loss(kind, model._critic(fake, y_fake))
+            if not torch.isfinite(g_loss):
+                diverged("generator", g_loss.item(), step)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            if scheds:
+                scheds[0].step()
+            if averaged is not None:
+                with torch.no_grad():
+                    for a, p in zip(averaged, model.generator.parameters(), strict=True):
+                        a.lerp_(p, 1 - ema)
+            c = c_loss.item()
+            history.loss.append(g_loss.item())
+            history.log(critic_loss=c, generator_loss=history.loss[-1])
+            if kind in ("minimax", "ns"):
+                history.log(js=(log4 - c) / 2)
+            else:
+                history.log(w1=-c)
+            if callback is not None:
+                callback(step, model, history)
+            bar.update(1)
+            if step % 50 == 0 or step == steps - 1:
+                bar.set_postfix(critic=f"{c:.3f}", generator=f"{history.loss[-1]:.3f}", refresh=False)
+    finally:
+        bar.close()
+    if averaged is not None:
+        with torch.no_grad():
+            for a, p in zip(averaged, model.generator.parameters(), strict=True):
+                p.copy_(a)
+    model.eval()
+    history.steps = steps
+    history.seconds = time.perf_counter() - start
+    model.history = history
+    return history
+
+
+# ------------------------------------------------------------------------------------------ monitoring
+
+
+def mode_monitor(every: int, n: int = 2000, n_snapshot: int = 300, seed: int = 1):
+    """A ``fit`` callback for the eight Gaussians: every `every` steps it logs into the history the step
+    (``monitor_step``), the modes covered and the fraction on a mode (:func:`genlib.metrics.mode_stats` of n
+    samples from fixed noise), and the first `n_snapshot` of those samples, flattened (``snapshots``), so
+    that the training dynamics can be replayed without the intermediate weights."""
+    from ..metrics import mode_stats
+
+    check_positive_int("every", every)
+    fixed: dict = {}
+
+    def callback(step: int, model: GAN, history: History) -> None:
+        if (step + 1) % every and step != 0:
+            return
+        record(step + 1, model, history)
+
+    def record(step: int, model: GAN, history: History) -> None:
+        if "z" not in fixed:
+            g = torch.Generator().manual_seed(seed)
+            fixed["z"] = torch.randn(n, model.latent_dim, generator=g).to(model.shift.device)
+        with torch.no_grad():
+            x = model.transform(fixed["z"])
+        stats = mode_stats(x) if bool(torch.isfinite(x).all()) else {"modes_covered": 0, "on_mode": 0.0}
+        history.log(monitor_step=step, modes_covered=stats["modes_covered"], on_mode=stats["on_mode"])
+        history.extra.setdefault("snapshots", []).extend(x[:n_snapshot].flatten().cpu().tolist())
+
+    callback.record = record
+    return callback
+
+
+def snapshots(history: History) -> torch.Tensor:
+    """The samples logged by :func:`mode_monitor`, as a tensor (frames, n_snapshot, 2)."""
+    flat = torch.tensor(history.extra["snapshots"])
+    frames = len(history.extra["monitor_step"])
+    return flat.view(frames, -1, 2)
+
+
+def train_recipe(model: GAN, x, config: dict, seed: int, progress: bool, desc: str | None = None) -> History:
+    """Train `model` on `x` with the hyperparameters of a zoo config (used by the zoo's GAN recipes); on
+    two-dimensional data the run is monitored with :func:`mode_monitor` every ``config["monitor_every"]`` steps."""
+    monitor = mode_monitor(config["monitor_every"]) if config.get("monitor_every") else None
+    history = fit(model, x, steps=config["steps"], batch_size=config["batch_size"],
+                  critic_steps=config["critic_steps"], lr=config["lr"], lr_critic=config.get("lr_critic"),
+                  betas=tuple(config["betas"]), schedule=config.get("schedule", "constant"), ema=config.get("ema"),
+                  seed=seed, callback=monitor, progress=progress, desc=desc)
+    if monitor is not None and config.get("ema"):
+        monitor.record(config["steps"], model, history)  # a last record: the averaged generator, as returned
+    return history

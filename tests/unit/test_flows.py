@@ -1,0 +1,252 @@
+import math
+
+import pytest
+import torch
+
+from genlib import data, solvers, train, zoo
+from genlib.models import flows
+
+
+def _random_flow(dim=2, n_layers=4, mixing="lu", seed=0, device="cpu"):
+    """A flow with random (non-identity) couplings and initialised actnorms."""
+    torch.manual_seed(seed)
+    f = flows.coupling_flow(dim, n_layers, hidden=16, mixing=mixing, seed=seed)
+    for m in f.modules():
+        if isinstance(m, flows.AffineCoupling):
+            torch.nn.init.normal_(m.net.net[-1].weight, std=0.5)
+            torch.nn.init.normal_(m.net.net[-1].bias, std=0.3)
+    f.train()
+    f.log_prob(torch.randn(64, dim) * 2 + 0.5)  # data-dependent actnorm initialisation
+    return f.eval().to(device)
+
+
+@pytest.mark.parametrize("mixing", ["lu", "reverse", "none"])
+def test_inverse_of_forward_is_identity(device, mixing):
+    f = _random_flow(mixing=mixing, device=device)
+    x = torch.randn(500, 2, device=device) * 3
+    z, ld = f(x)
+    back, ld_inv = f.inverse(z)
+    assert (back - x).abs().max() < 1e-5
+    assert (ld + ld_inv).abs().max() < 1e-5
+    assert z.device.type == device.type
+
+
+def test_each_layer_inverts_and_logit_layer_inverts():
+    layers = [flows.ActNorm(3), flows.InvertibleLinear(3, torch.Generator().manual_seed(1)),
+              flows.Permutation(3, torch.tensor([2, 0, 1])), flows.AffineCoupling(3, torch.tensor([1, 0, 1]))]
+    torch.nn.init.normal_(layers[3].net.net[-1].weight, std=0.5)
+    layers[0].initialize(torch.randn(10, 3) * 2)
+    x = torch.randn(100, 3)
+    for layer in layers:
+        y, ld = layer(x)
+        back, ld_inv = layer.inverse(y)
+        assert (back - x).abs().max() < 1e-5, type(layer).__name__
+        assert (ld + ld_inv).abs().max() < 1e-5
+    logit = flows.Logit(4, upper=17.0)
+    x = torch.rand(100, 4) * 17
+    y, ld = logit(x)
+    back, ld_inv = logit.inverse(y)
+    assert (back - x).abs().max() < 1e-4 and (ld + ld_inv).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+def test_log_det_matches_autograd_jacobian(dim):
+    f = _random_flow(dim=dim, n_layers=3).double()
+    x = torch.randn(6, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2
+    _, ld = f(x)
+    for i in range(x.shape[0]):
+        jac = torch.autograd.functional.jacobian(lambda v: f(v[None])[0][0], x[i])
+        assert abs(torch.linalg.slogdet(jac)[1].item() - ld[i].item()) < 1e-8
+        jac_inv = torch.autograd.functional.jacobian(lambda v: f.inverse(v[None])[0][0], f(x[i:i + 1])[0][0])
+        assert abs(torch.linalg.slogdet(jac_inv)[1].item() - f.inverse(f(x[i:i + 1])[0])[1].item()) < 1e-8
+
+
+def test_logit_layer_log_det_matches_autograd():
+    logit = flows.Logit(3, upper=17.0, alpha=0.05)
+    x = torch.rand(3, dtype=torch.float64) * 17
+    jac = torch.autograd.functional.jacobian(lambda v: logit(v[None])[0][0], x)
+    assert abs(torch.linalg.slogdet(jac)[1].item() - logit(x[None])[1].item()) < 1e-8
+
+
+def test_density_integrates_to_one_on_a_grid():
+    f = _random_flow(n_layers=4).double()
+    lim, n = 10.0, 600
+    xs = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        p = f.log_prob(grid).exp()
+    mass = float(p.sum()) * (xs[1] - xs[0]).item() ** 2
+    assert abs(mass - 1) < 5e-3, mass
+
+
+def test_sample_transform_and_intermediates(device):
+    f = _random_flow(device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = f.sample(300, generator=g)
+    assert x.shape == (300, 2) and x.device.type == device.type and f.last_nfe == f.n_networks == 4
+    g = torch.Generator(device=device).manual_seed(0)
+    z = torch.randn(300, 2, device=device, generator=g)
+    path = f.transform(z, return_intermediates=True)
+    assert len(path) == len(f.layers) + 1 and torch.allclose(path[-1], x)
+    forward_path = f.intermediates(x)
+    assert torch.allclose(forward_path[-1], z, atol=1e-4)
+    for a, b in zip(forward_path, reversed(path), strict=True):  # the same points, layer by layer
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_actnorm_initialises_from_data_and_survives_state_dict():
+    x = torch.randn(500, 2) * torch.tensor([3.0, 0.5]) + torch.tensor([1.0, -2.0])
+    a = flows.ActNorm(2).train()
+    y, _ = a(x)
+    assert torch.allclose(y.mean(0), torch.zeros(2), atol=1e-5) and torch.allclose(y.std(0), torch.ones(2), atol=1e-4)
+    with torch.no_grad():
+        a.loc.add_(0.3)  # "training" moved the parameters
+    b = flows.ActNorm(2)
+    b.load_state_dict(a.state_dict())
+    b.train()
+    assert torch.equal(b(x)[0], a(x)[0])  # not re-initialised on the first batch after loading
+
+
+def test_flow_learns_a_correlated_gaussian_to_its_entropy():
+    g = torch.Generator().manual_seed(0)
+    chol = torch.tensor([[1.0, 0.0], [1.5, 0.5]])
+    x = torch.randn(2000, 2, generator=g) @ chol.T + torch.tensor([2.0, -1.0])
+    entropy = 0.5 * 2 * (1 + math.log(2 * math.pi)) + torch.log(torch.diagonal(chol)).sum().item()
+    f = flows.coupling_flow(2, n_layers=2, hidden=16)
+    train.fit(f, x, steps=300, batch_size=500, lr=1e-2, progress=False)
+    test = torch.randn(5000, 2, generator=g) @ chol.T + torch.tensor([2.0, -1.0])
+    with torch.no_grad():
+        nll = -f.log_prob(test).mean().item()
+    assert nll < entropy + 0.06, (nll, entropy)  # test-set noise alone is about 0.014
+
+
+def test_bad_input_errors():
+    f = _random_flow()
+    with pytest.raises(ValueError, match="x: expected last dimension 2"):
+        f.log_prob(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="x: contains 1 NaN"):
+        f.log_prob(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
+        f.log_prob(torch.ones(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="z: expected last dimension 2"):
+        f.transform(torch.randn(4, 1))
+    with pytest.raises(ValueError, match="n: expected an int >= 1"):
+        f.sample(0)
+    with pytest.raises(ValueError, match="mask: expected 2 entries"):
+        flows.AffineCoupling(2, torch.tensor([1, 0, 1]))
+    with pytest.raises(ValueError, match="mask: must keep at least one"):
+        flows.AffineCoupling(2, torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="mixing: unknown value 'svd'"):
+        flows.coupling_flow(2, mixing="svd")
+    with pytest.raises(ValueError, match="perm: expected a permutation"):
+        flows.Permutation(3, torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match=r"h: expected a tensor of shape \(N, 2\)"):
+        flows.ActNorm(2)(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="h: values must lie in"):
+        flows.Logit(2, upper=17.0)(torch.tensor([[-1.0, 3.0]]))
+    with pytest.raises(ValueError, match="images: expected integer pixel values"):
+        flows.dequantize(torch.full((2, 64), 0.5))
+    cnf = flows.CNF(2, hidden=8, depth=1)
+    with pytest.raises(ValueError, match="x: expected last dimension 2"):
+        cnf.log_prob(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="method: unknown value 'rk45'"):
+        cnf.transform(torch.randn(3, 2), method="rk45")
+    with pytest.raises(ValueError, match="divergence_method: unknown value"):
+        solvers.log_prob_ode(lambda t, x: x, torch.randn(3, 2), divergence_method="trace")
+
+
+def test_dequantisation_and_bits_per_pixel():
+    d = data.digits()
+    x = flows.dequantize(d.test_x[:50], generator=torch.Generator().manual_seed(0))
+    assert x.shape == (50, 64) and bool((x >= d.test_x[:50].flatten(1)).all())
+    assert bool((x < d.test_x[:50].flatten(1) + 1).all())
+    f = flows.digits_flow(n_layers=1, hidden=8)
+    # the untrained flow is a fixed logit map with N(0, I) on top: a finite, positive number of bits
+    bpp = flows.bits_per_pixel(f, d.test_x[:50], repeats=1)
+    assert 0 < bpp < 20
+
+
+# ---------------------------------------------------------------- CNF and the ODE likelihood
+
+
+def _cnf(device="cpu", seed=0):
+    torch.manual_seed(seed)
+    return flows.CNF(2, hidden=16, depth=2, steps=4, method="rk4").to(device)
+
+
+def test_cnf_exact_divergence_equals_autograd_trace(device):
+    cnf = _cnf(device)
+    x = torch.randn(7, 2, device=device, requires_grad=True)
+    t = torch.tensor(0.3, device=device)
+    v = cnf.velocity(t, x)
+    div = solvers.divergence(v, x, "exact")
+    for i in range(7):
+        jac = torch.autograd.functional.jacobian(lambda y: cnf.velocity(t, y[None])[0], x[i].detach())
+        assert abs(torch.trace(jac).item() - div[i].item()) < 1e-5
+
+
+def test_hutchinson_estimator_is_unbiased():
+    cnf = _cnf().double()
+    x = torch.randn(4, 2, dtype=torch.float64).repeat_interleave(20_000, 0).requires_grad_(True)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 2, x.shape, generator=g).double() * 2 - 1
+    v = cnf.velocity(torch.tensor(0.5, dtype=torch.float64), x)
+    exact = solvers.divergence(v, x, "exact").view(4, 20_000)[:, 0]
+    est = solvers.divergence(v, x, "hutchinson", noise).view(4, 20_000)
+    err = (est.mean(1) - exact).abs()
+    se = est.std(1) / math.sqrt(20_000)
+    assert bool((err < 4 * se + 1e-9).all()), (err, se)
+    assert float(est.std(1).max()) > 0  # a genuine estimator, not the exact trace
+
+
+def test_log_prob_ode_exact_on_a_linear_field(device):
+    a = torch.tensor([[0.3, -1.0], [0.8, -0.2]], dtype=torch.float64, device=device)
+    x = torch.randn(50, 2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        lp = solvers.log_prob_ode(lambda t, y: y @ a.T, x, steps=50, method="rk4")
+    # x(1) = exp(A) x(0): log p1(x) = log N(exp(-A) x) - tr(A)
+    z = x @ torch.linalg.matrix_exp(-a).T
+    exact = -0.5 * (z**2).sum(1) - math.log(2 * math.pi) - torch.trace(a)
+    assert (lp - exact).abs().max() < 1e-8
+
+
+def test_log_prob_ode_hutchinson_mean_matches_exact():
+    cnf = _cnf()
+    x = torch.randn(3, 2)
+    with torch.no_grad():
+        exact = cnf.log_prob(x)
+        reps = torch.stack([cnf.log_prob(x.repeat(2000, 1), divergence="hutchinson",
+                                         generator=torch.Generator().manual_seed(k)).view(2000, 3).mean(0)
+                            for k in range(2)]).mean(0)
+    assert (reps - exact).abs().max() < 0.02
+
+
+def test_cnf_density_integrates_to_one_and_sample_shapes(device):
+    cnf = _cnf(device)
+    with torch.no_grad():
+        for p in cnf.net.parameters():
+            p.mul_(2.0)  # a non-trivial field
+        lim, n = 8.0, 200
+        xs = torch.linspace(-lim, lim, n, device=device)
+        grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
+        mass = float(cnf.log_prob(grid).exp().sum()) * (xs[1] - xs[0]).item() ** 2
+        assert abs(mass - 1) < 0.02, mass
+        x = cnf.sample(100, generator=torch.Generator(device=device).manual_seed(0))
+    assert x.shape == (100, 2) and x.device.type == device.type and cnf.last_nfe == 16
+
+
+def test_cnf_training_is_differentiable_and_reduces_nll():
+    x = data.eight_gaussians(512, seed=0)
+    cnf = _cnf()
+    with torch.no_grad():
+        before = cnf.loss(x).item()
+    hist = train.fit(cnf, x, steps=40, batch_size=256, lr=1e-2, progress=False)
+    with torch.no_grad():
+        after = cnf.loss(x).item()
+    assert after < before - 0.3 and len(hist.loss) == 40
+
+
+def test_zoo_recipes_are_registered():
+    for key in [("flow", "eight_gaussians"), ("cnf", "eight_gaussians"), ("flow", "digits")]:
+        r = zoo.recipe(*key)
+        assert r.config and r.description

@@ -1,0 +1,220 @@
+"""Tests of genlib.models.gan: the losses and their gradients, the optimal discriminator, the gradient
+penalty, weight clipping, the alternating fit, divergence and input errors."""
+
+import math
+
+import pytest
+import torch
+
+import genlib
+from genlib.models import gan
+from genlib.train import TrainingDiverged
+
+
+def _normal_pdf(x, mu, sigma):
+    return torch.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+
+
+def test_optimal_discriminator_matches_trained_one():
+    """A discriminator trained to convergence between N(0, 1) and N(1.5, 0.5^2) matches p_r / (p_r + p_g)."""
+    genlib.seed(0)
+    n = 2048
+    real = torch.randn(n, 1)
+    fake = 1.5 + 0.5 * torch.randn(n, 1)
+    disc = genlib.nn.MLP(1, 1, hidden=16, depth=2, activation="tanh")
+    opt = torch.optim.Adam(disc.parameters(), lr=2e-2)
+    for _ in range(300):
+        loss = gan.critic_loss("ns", disc(real).squeeze(1), disc(fake).squeeze(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = torch.linspace(-1.5, 2.5, 81)
+    d_star = gan.optimal_discriminator(_normal_pdf(x, 0.0, 1.0), _normal_pdf(x, 1.5, 0.5))
+    with torch.no_grad():
+        d_hat = torch.sigmoid(disc(x[:, None]).squeeze(1))
+    assert (d_hat - d_star).abs().max() < 0.06
+    # the value at D* is 2 JS - log 4 (checked on the same densities by quadrature)
+    grid = torch.linspace(-7, 6, 20001, dtype=torch.float64)
+    pr, pg = _normal_pdf(grid, 0.0, 1.0), _normal_pdf(grid, 1.5, 0.5)
+    ds = gan.optimal_discriminator(pr, pg)
+    dx = grid[1] - grid[0]
+    one_minus = gan.optimal_discriminator(pg, pr)  # 1 - D*, computed without cancellation
+    value = ((pr * torch.log(ds) + pg * torch.log(one_minus)) * dx).sum()
+    m = (pr + pg) / 2
+    js = 0.5 * ((pr * torch.log(pr / m)) * dx).sum() + 0.5 * ((pg * torch.log(pg / m)) * dx).sum()
+    assert abs(float(value) - (2 * float(js) - math.log(4))) < 1e-6
+
+
+def test_optimal_discriminator_rejects_negative_density():
+    with pytest.raises(ValueError, match="non-negative"):
+        gan.optimal_discriminator(torch.tensor([-0.1]), torch.tensor([1.0]))
+
+
+def test_gradient_penalty_equals_definition(device):
+    # a linear critic f(x) = w.x has gradient w everywhere: the penalty is (|w| - 1)^2
+    w = torch.tensor([3.0, 4.0], device=device)
+    real = torch.randn(64, 2, device=device)
+    fake = torch.randn(64, 2, device=device)
+    gp = gan.gradient_penalty(lambda v: v @ w, real, fake)
+    assert gp.item() == pytest.approx((5.0 - 1.0) ** 2, rel=1e-5)
+    # f(x) = |x|^2 / 2 has gradient x; with real == fake the interpolate is x itself: E (|x| - 1)^2
+    gp2 = gan.gradient_penalty(lambda v: 0.5 * (v ** 2).sum(1), real, real.clone())
+    expected = ((real.norm(dim=1) - 1) ** 2).mean()
+    assert gp2.item() == pytest.approx(expected.item(), rel=1e-5)
+    # it is differentiable in the critic's parameters
+    w_param = w.clone().requires_grad_(True)
+    gan.gradient_penalty(lambda v: v @ w_param, real, fake).backward()
+    assert torch.allclose(w_param.grad, 2 * (5.0 - 1.0) * w / 5.0, rtol=1e-5)
+
+
+def test_gradient_penalty_shape_mismatch():
+    with pytest.raises(ValueError, match="fake: expected the shape of real"):
+        gan.gradient_penalty(lambda v: v.sum(1), torch.zeros(4, 2), torch.zeros(3, 2))
+
+
+def test_generator_loss_gradients_documented():
+    """minimax: d/dl E log(1 - D) = -D / B (vanishes as D -> 0); ns: d/dl -E log D = -(1 - D) / B."""
+    logits = torch.tensor([-12.0, -3.0, 0.0, 2.0], requires_grad=True)
+    d = torch.sigmoid(logits.detach())
+    (g_mm,) = torch.autograd.grad(gan.generator_loss("minimax", logits), logits)
+    (g_ns,) = torch.autograd.grad(gan.generator_loss("ns", logits), logits)
+    assert torch.allclose(g_mm, -d / 4, atol=1e-7)
+    assert torch.allclose(g_ns, -(1 - d) / 4, atol=1e-7)
+    # saturation: where the discriminator confidently rejects (D ~ 6e-6) the minimax gradient all but vanishes
+    assert abs(g_mm[0].item()) < 1e-5 and abs(g_ns[0].item()) > 0.24
+    # the values are the documented expectations
+    assert gan.generator_loss("minimax", logits).item() == pytest.approx(torch.log1p(-d).mean().item(), rel=1e-5)
+    assert gan.generator_loss("ns", logits).item() == pytest.approx(-torch.log(d).mean().item(), rel=1e-5)
+    assert gan.generator_loss("wgan_gp", logits).item() == pytest.approx(-logits.mean().item())
+
+
+def test_critic_losses():
+    real, fake = torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.5])
+    dr, df = torch.sigmoid(real), torch.sigmoid(fake)
+    expected = -(torch.log(dr).mean() + torch.log(1 - df).mean())
+    assert gan.critic_loss("minimax", real, fake).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert gan.critic_loss("wgan_clip", real, fake).item() == pytest.approx(fake.mean().item() - real.mean().item())
+    with pytest.raises(ValueError, match="loss: unknown value 'hinge'"):
+        gan.critic_loss("hinge", real, fake)
+
+
+def test_clipping_keeps_weights_in_range(device):
+    genlib.seed(0)
+    x = genlib.data.eight_gaussians(256, seed=0)
+    model = gan.mlp_gan(hidden=16, depth=2, loss="wgan_clip", clip=0.02).to(device)
+    gan.fit(model, x, steps=5, critic_steps=3, lr=5e-2, batch_size=64, progress=False, device=device)
+    params = torch.cat([p.detach().flatten() for p in model.critic.parameters()])
+    assert params.abs().max().item() <= 0.02 + 1e-7
+    assert (params.abs() > 0.02 - 1e-6).float().mean() > 0.1  # a large learning rate pushes many to the box
+    w = torch.nn.Linear(3, 3)
+    gan.clip_weights(w, 0.5)
+    assert w.weight.abs().max() <= 0.5
+    with pytest.raises(ValueError, match="c: expected a number > 0"):
+        gan.clip_weights(w, 0.0)
+
+
+def test_fit_learns_a_1d_gaussian(device):
+    """A small non-saturating GAN moves its samples onto N(2, 0.5^2)."""
+    genlib.seed(0)
+    data = 2.0 + 0.5 * torch.randn(2048, 1)
+    model = gan.mlp_gan(data_dim=1, latent_dim=1, hidden=32, depth=2, loss="ns").to(device)
+    hist = gan.fit(model, data, steps=500, batch_size=256, lr=2e-3, progress=False, device=device)
+    x = model.sample(4000, generator=torch.Generator(device=device).manual_seed(1))
+    assert x.device.type == device.type and x.shape == (4000, 1)
+    assert abs(x.mean().item() - 2.0) < 0.2
+    assert abs(x.std().item() - 0.5) < 0.2
+    assert len(hist.loss) == 500 and set(hist.extra) == {"critic_loss", "generator_loss", "js"}
+    # the JS estimate is (log 4 - critic loss) / 2 and stays within [0, log 2] up to estimation noise
+    assert hist.extra["js"][0] == pytest.approx((math.log(4) - hist.extra["critic_loss"][0]) / 2)
+    assert model.last_nfe == 1
+
+
+def test_wgan_gp_history_and_transform(device):
+    genlib.seed(0)
+    x = genlib.data.eight_gaussians(256, seed=0)
+    model = gan.mlp_gan(hidden=16, depth=2, loss="wgan_gp").to(device)
+    hist = gan.fit(model, x, steps=3, critic_steps=2, batch_size=64, progress=False, device=device)
+    assert set(hist.extra) == {"critic_loss", "generator_loss", "w1"}
+    assert hist.extra["w1"] == [-c for c in hist.extra["critic_loss"]]
+    z = torch.randn(5, 2, device=device)
+    assert torch.equal(model.transform(z), model.transform(z))  # deterministic
+    g = torch.Generator(device=device)
+    assert torch.equal(model.sample(7, generator=g.manual_seed(3)), model.sample(7, generator=g.manual_seed(3)))
+
+
+def test_conditional_dcgan_shapes(device):
+    genlib.seed(0)
+    model = gan.dcgan(latent_dim=4, channels=8, n_classes=10).to(device)
+    y = torch.arange(10, device=device)
+    x = model.sample(10, y=y)
+    assert x.shape == (10, 1, 8, 8) and x.device.type == device.type
+    assert x.min() >= 0 and x.max() <= 16  # tanh output mapped to 0..16
+    d = genlib.data.digits()
+    hist = gan.fit(model, (d.train_x[:64], d.train_y[:64]), steps=2, batch_size=32, progress=False, device=device)
+    assert len(hist.loss) == 2
+    with pytest.raises(ValueError, match="conditional GAN needs"):
+        gan.fit(model, d.train_x[:64], steps=1, progress=False)
+    with pytest.raises(ValueError, match="labels must lie in 0..9"):
+        model.sample(2, y=torch.tensor([3, 10], device=device))
+
+
+def test_diverging_run_raises_naming_the_step():
+    genlib.seed(0)
+    x = genlib.data.eight_gaussians(256, seed=0)
+    model = gan.mlp_gan(hidden=8, depth=1)
+
+    def poison(step, m, h):
+        if step == 2:
+            with torch.no_grad():
+                next(m.generator.parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3 of 10"):
+        gan.fit(model, x, steps=10, batch_size=64, progress=False, callback=poison)
+
+
+def test_no_likelihood():
+    model = gan.mlp_gan(hidden=8, depth=1)
+    with pytest.raises(NotImplementedError, match="GAN has no likelihood"):
+        model.log_prob(torch.zeros(3, 2))
+    with pytest.raises(NotImplementedError, match="two-player game"):
+        model.loss(torch.zeros(3, 2))
+    assert not genlib.metrics._has_log_prob(model)
+
+
+def test_bad_inputs():
+    model = gan.mlp_gan(hidden=8, depth=1)
+    x = genlib.data.eight_gaussians(64, seed=0)
+    with pytest.raises(ValueError, match="loss: unknown value 'wgan'"):
+        gan.mlp_gan(loss="wgan")
+    with pytest.raises(ValueError, match=r"data: expected shape \(N, 2\)"):
+        gan.fit(model, torch.zeros(10, 3), steps=1, progress=False)
+    with pytest.raises(ValueError, match="data: contains 1 NaN"):
+        bad = x.clone()
+        bad[0, 0] = float("nan")
+        gan.fit(model, bad, steps=1, progress=False)
+    with pytest.raises(ValueError, match="critic_steps: expected an int >= 1"):
+        gan.fit(model, x, steps=1, critic_steps=0, progress=False)
+    with pytest.raises(ValueError, match="betas: expected two numbers"):
+        gan.fit(model, x, steps=1, betas=(1.2, 0.9), progress=False)
+    with pytest.raises(ValueError, match="optimizer: unknown value"):
+        gan.fit(model, x, steps=1, optimizer="lbfgs", progress=False)
+    with pytest.raises(TypeError, match="model: expected a genlib.models.gan.GAN"):
+        gan.fit(torch.nn.Linear(2, 2), x, steps=1)
+    with pytest.raises(ValueError, match="z: expected last dimension 2"):
+        model.transform(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="n: expected an int >= 1"):
+        model.sample(0)
+    with pytest.raises(ValueError, match="y: this GAN is unconditional"):
+        model.sample(2, y=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="data: labels given to an unconditional GAN"):
+        gan.fit(model, (x, torch.zeros(64, dtype=torch.long)), steps=1, progress=False)
+    with pytest.raises(ValueError, match="a wgan_gp critic is not a probability"):
+        gan.mlp_gan(hidden=8, depth=1, loss="wgan_gp").discriminator(x)
+
+
+def test_zoo_recipes_registered():
+    for key in ("gan", "gan_minimax", "gan_ns", "wgan_clip", "wgan_gp"):
+        r = genlib.zoo.recipe(key)
+        assert r.config["loss"] in gan.LOSSES and "steps" in r.config
+    assert genlib.zoo.recipe("dcgan", "digits").config["n_classes"] == 0
+    assert genlib.zoo.recipe("cgan", "digits").config["n_classes"] == 10
