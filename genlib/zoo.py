@@ -368,8 +368,8 @@ _gan_register("gan", "eight_gaussians", "The GAN chapter's best variant on the e
 _gan_register("gan_collapse", "eight_gaussians", "The vanilla minimax GAN in a fragile setting that collapses.",
               loss="minimax", latent_dim=2, lr=5e-3, lr_critic=2e-4, betas=[0.5, 0.999], batch_size=64,
               schedule="constant", ema=None, steps=1500)
-for _loss in ("minimax", "ns", "wgan_clip", "wgan_gp"):
-    for _k in (1, 3):
+for _loss in ("ns", "wgan_gp"):  # a small sensitivity grid: two games, one critic step, two lrs
+    for _k in (1,):
         for _lr in (5e-4, 2e-3):
             _gan_register(f"gan_grid_{_loss}_k{_k}_lr{_lr:g}", "eight_gaussians_sweep",
                           "A short run of the GAN chapter's explorer grid (loss, critic steps, learning rate).",
@@ -559,7 +559,9 @@ for _width in CHAR_SCALING_WIDTHS[:-1]:
              {**_CHAR, "d_model": _width, "n_heads": max(1, _width // 8)},
              f"The names transformer at width {_width} (the scaling study).")
 
-_CODE_PRIOR = {"d_model": 64, "n_layers": 2, "n_heads": 4, "steps": 600, "batch_size": 128, "lr": 3e-3,
+# 1,000 training grids only: a 2-layer d_model-64 prior memorises them (train 9 nats, test 60 nats per grid,
+# worse than uniform); this 1-layer d_model-32 one generalises (test about 36 nats, uniform 55.5).
+_CODE_PRIOR = {"d_model": 32, "n_layers": 1, "n_heads": 2, "steps": 400, "batch_size": 128, "lr": 3e-3,
                "warmup": 50, "schedule": "cosine", "vqvae": dict(_REGISTRY[("vqvae", "digits")].config)
                if ("vqvae", "digits") in _REGISTRY else None}
 
