@@ -28,6 +28,7 @@ __all__ = [
     "parametric_oracle",
     "nll",
     "true_entropy",
+    "nats_to_bits_per_dim",
     "w2",
     "w2_reference",
     "mmd",
@@ -150,6 +151,12 @@ def parametric_oracle(train: torch.Tensor | None = None, seed: int = 0) -> float
     gm.random_state = rng_state
     x, _ = gm.sample(PROTOCOL_SAMPLES)
     return binned_kl(torch.from_numpy(x).float())
+
+
+def nats_to_bits_per_dim(nats, dim: int):
+    """Convert a negative log-likelihood in nats per example to bits per dimension (bits per pixel for images)."""
+    check_positive_int("dim", dim)
+    return nats / (dim * math.log(2.0))
 
 
 def true_entropy() -> float:

@@ -286,17 +286,14 @@ register("vae_beta_0.3", "eight_gaussians", _vae_build, _vae_train,
 register("vae_beta_3", "eight_gaussians", _vae_build, _vae_train,
          {**_VAE8_CONFIG, "beta": 3.0, "desc": "VAE, beta = 3"},
          "The headline VAE trained with beta = 3 (overlapping posteriors, blur).")
-register("vae", "digits", _vae_build, _vae_train,
-         {"dataset": "digits", "data_shape": [1, 8, 8], "latent_dim": 8, "hidden": 256, "depth": 2,
-          "activation": "silu", "likelihood": "categorical", "beta": 1.0, "decoder_std": None, "min_logvar": -9.0,
-          "train_k": 1, "kl_warmup": 500, "steps": 2000, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
-          "desc": "VAE (digits)"},
+_VAE_DIGITS = {"dataset": "digits", "data_shape": [1, 8, 8], "latent_dim": 8, "hidden": 256, "depth": 2,
+               "activation": "silu", "likelihood": "categorical", "beta": 1.0, "decoder_std": None,
+               "min_logvar": -9.0, "train_k": 1, "kl_warmup": 500, "steps": 2000, "batch_size": 128, "lr": 2e-3,
+               "schedule": "cosine", "desc": "VAE (digits)"}
+register("vae", "digits", _vae_build, _vae_train, _VAE_DIGITS,
          "VAE on 8x8 digits: 8-D latent, categorical decoder over the 17 levels; encode/decode/latent_dim.")
 register("vae_2d", "digits", _vae_build, _vae_train,
-         {"dataset": "digits", "data_shape": [1, 8, 8], "latent_dim": 2, "hidden": 128, "depth": 2,
-          "activation": "silu", "likelihood": "categorical", "beta": 1.0, "decoder_std": None, "min_logvar": -9.0,
-          "train_k": 1, "kl_warmup": 500, "steps": 1500, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
-          "desc": "VAE (digits, 2-D latent)"},
+         {**_VAE_DIGITS, "latent_dim": 2, "hidden": 128, "steps": 1500, "desc": "VAE (digits, 2-D latent)"},
          "VAE on 8x8 digits with a 2-D latent, for the latent map and the latent-space explorer.")
 register("autoencoder", "digits", _ae_build, _ae_train,
          {"dataset": "digits", "data_shape": [1, 8, 8], "levels": 17, "latent_dim": 2, "hidden": 128, "depth": 2,

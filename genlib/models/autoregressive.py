@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand
+from ..metrics import nats_to_bits_per_dim
 from ..nn import MLP
 
 __all__ = [
@@ -345,7 +346,7 @@ class PixelCNN(nn.Module):
     def bits_per_pixel(self, x: torch.Tensor) -> float:
         """Mean NLL / (64 log 2) over the images x."""
         with torch.no_grad():
-            return float(-self.log_prob(x).mean()) / (self.SIZE**2 * math.log(2))
+            return float(nats_to_bits_per_dim(-self.log_prob(x).mean(), self.SIZE**2))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, *, u: torch.Tensor | None = None,

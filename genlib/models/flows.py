@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import solvers
 from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
+from ..metrics import nats_to_bits_per_dim
 from ..nn import MLP
 
 __all__ = [
@@ -372,7 +373,7 @@ def bits_per_pixel(flow: Flow, images: torch.Tensor, repeats: int = 4, seed: int
             x = dequantize(images.to(device), generator=g)
             total += float(-flow.log_prob(x).double().mean())
     d = images[0].numel()
-    return total / repeats / (d * math.log(2))
+    return nats_to_bits_per_dim(total / repeats, d)
 
 
 # ------------------------------------------------------------------- continuous normalizing flow

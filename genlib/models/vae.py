@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
+from ..metrics import nats_to_bits_per_dim  # noqa: F401  (re-exported)
 from ..nn import ACTIVATIONS, MLP
 
 __all__ = [
@@ -56,12 +57,6 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(x | mu, diag exp(logvar)), summed over the last dimension (broadcasting)."""
     return -0.5 * (LOG2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar)).sum(-1)
-
-
-def nats_to_bits_per_dim(nats: torch.Tensor | float, dim: int) -> torch.Tensor | float:
-    """Convert a negative log-likelihood in nats per example to bits per dimension (per pixel)."""
-    check_positive_int("dim", dim)
-    return nats / (dim * math.log(2.0))
 
 
 def _shape_tuple(name: str, shape) -> tuple[int, ...]:

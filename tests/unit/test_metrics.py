@@ -141,3 +141,10 @@ def test_reference_points_are_cached_on_disk_and_recomputed_when_corrupt(tmp_cac
     metrics.reference_points.cache_clear()
     assert metrics.reference_points() == ref
     metrics.reference_points.cache_clear()
+
+
+def test_nats_to_bits_per_dim():
+    # a uniform distribution over 17 levels per pixel costs log2(17) bits per pixel
+    assert metrics.nats_to_bits_per_dim(64 * math.log(17), 64) == pytest.approx(math.log2(17))
+    with pytest.raises(ValueError, match="dim"):
+        metrics.nats_to_bits_per_dim(1.0, 0)
