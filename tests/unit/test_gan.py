@@ -118,7 +118,9 @@ def test_fit_learns_a_1d_gaussian(device):
     genlib.seed(0)
     data = 2.0 + 0.5 * torch.randn(2048, 1)
     model = gan.mlp_gan(data_dim=1, latent_dim=1, hidden=32, depth=2, loss="ns").to(device)
-    hist = gan.fit(model, data, steps=500, batch_size=256, lr=2e-3, progress=False, device=device)
+    # the generator's weight average (ema) makes the 500-step result robust to the random stream (6/6 seeds
+    # on CPU; the last iterate alone left a straggler mode in 3 of 6 and on CUDA)
+    hist = gan.fit(model, data, steps=500, batch_size=256, lr=2e-3, ema=0.99, progress=False, device=device)
     x = model.sample(4000, generator=torch.Generator(device=device).manual_seed(1))
     assert x.device.type == device.type and x.shape == (4000, 1)
     assert abs(x.mean().item() - 2.0) < 0.2

@@ -48,7 +48,7 @@ class Gaussian(torch.nn.Module):
 
 def test_fit_minimises_the_loss(device):
     x = data.eight_gaussians(512, seed=0, device=device) + torch.tensor([1.0, -2.0], device=device)
-    m = Gaussian()
+    m = Gaussian().to(device)  # fit trains on the model's device (documented); the data follow it
     h = train.fit(m, x, steps=300, lr=0.05, batch_size=128, progress=False)
     assert m.mu.device.type == device.type
     assert torch.allclose(m.mu.detach(), x.mean(0), atol=0.15)
