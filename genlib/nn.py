@@ -41,6 +41,9 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
+_CPU_CHUNK = 16_384  # rows per chunk when an MLP evaluates a large batch on the CPU without autograd
+
+
 class MLP(nn.Module):
     """A multilayer perceptron x -> y, optionally conditioned on a time t through a sinusoidal embedding
     concatenated to the input (``time_embed_dim > 0``) and on a class label (``n_classes > 0``)."""
@@ -91,7 +94,11 @@ class MLP(nn.Module):
             if y is None:
                 raise ValueError("y: this MLP is class-conditioned; pass labels")
             parts.append(self.label_embed(y).to(x.dtype))
-        return self.net(torch.cat(parts, dim=-1) if len(parts) > 1 else x)
+        h = torch.cat(parts, dim=-1) if len(parts) > 1 else x
+        if h.device.type == "cpu" and h.ndim == 2 and h.shape[0] > _CPU_CHUNK and not torch.is_grad_enabled():
+            # large batches without autograd (sampling 10^5 points) in cache-sized chunks: faster on CPU
+            return torch.cat([self.net(c) for c in h.split(_CPU_CHUNK)])
+        return self.net(h)
 
 
 class ConvEncoder(nn.Module):

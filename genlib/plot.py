@@ -3,6 +3,8 @@ trajectories, and animations that work on the static site (``to_jshtml``)."""
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Sequence
 
 import matplotlib
@@ -24,6 +26,7 @@ __all__ = [
     "trajectories",
     "animate",
     "panels",
+    "unified_view",
 ]
 
 LIM = 4.5
@@ -190,3 +193,108 @@ def animate(frames: Sequence, draw: Callable, interval: int = 200, figsize=(4, 4
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
     return HTML(html)
+
+
+# ------------------------------------------------------------------------------------- the unified view
+
+
+def _polar_grid() -> list[torch.Tensor]:
+    """Circles and rays of the noise plane: drawn on the left, and their images under the map in the middle."""
+    circle = torch.linspace(0, 2 * math.pi, 200)
+    lines = [r * torch.stack([circle.cos(), circle.sin()], 1) for r in (0.5, 1.0, 1.5, 2.0)]
+    for a in torch.linspace(0, 2 * math.pi, 13)[:-1]:
+        lines.append(torch.linspace(0, 2.2, 60)[:, None] * torch.stack([a.cos(), a.sin()])[None])
+    return lines
+
+
+def _as_map(model: torch.nn.Module):
+    """The model's deterministic map, as (base label, map from our 2-D noise to the model's base, T), or None.
+
+    The map is ``transform`` (or a decoder); a base of uniforms gets the normal CDF of our 2-D Gaussian
+    noise, a latent space of more than two dimensions gets our noise in its first two coordinates."""
+    fn = getattr(model, "transform", None) or getattr(model, "decode", None)
+    if fn is None:
+        return None
+    params = inspect.signature(fn).parameters
+    dim = getattr(model, "latent_dim", None) or getattr(model, "dim", 2)
+    if next(iter(params)) == "u":  # uniform base (autoregressive)
+        return "$u = \\Phi(z)$, uniform", torch.special.ndtr, fn
+    if "u" in params and "k" in params:  # a component, then an affine map (mixtures)
+        def mixture_map(z, u=None):
+            u = torch.rand(z.shape[0], generator=torch.Generator().manual_seed(1)).to(z) if u is None else u
+            return fn(z, u=u)
+        return "$k \\sim \\pi$, $z \\sim \\mathcal{N}(0, I)$", None, mixture_map
+
+    def latent_map(z):
+        if dim > 2:  # a 2-D slice of a larger latent space
+            z = torch.cat([z, torch.zeros(z.shape[0], dim - 2, dtype=z.dtype, device=z.device)], 1)
+        return fn(z)
+    return ("$z \\sim \\mathcal{N}(0, I)$" + (f" (2 of {dim} dims)" if dim > 2 else "")), None, latent_map
+
+
+def unified_view(models: dict[str, torch.nn.Module], data: torch.Tensor, n: int = 1500, seed: int = 0):
+    """The book's one figure: for each model, its base noise (left), the image of a polar grid under its map
+    T (middle), and T of the noise over the data (right), all 2-D, coloured by the angle of the noise.
+
+    ``models`` maps a name to a trained 2-D model; a model without a deterministic map shows its samples.
+    Returns the matplotlib figure.
+    """
+    if not isinstance(models, dict):
+        raise TypeError(f"models: expected a dict of name -> model, got {type(models).__name__}")
+    data = check_tensor("data", data, ndim=2, last_dim=2)
+    check_positive_int("n", n)
+    z = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
+    colour = ((torch.atan2(z[:, 1], z[:, 0]) + math.pi) / (2 * math.pi)).numpy()
+    lines = _polar_grid()
+    rows = max(len(models), 1)
+    fig, axes = plt.subplots(rows, 3, figsize=(8.4, 2.8 * rows), squeeze=False)
+    if not models:
+        axes[0, 1].text(0.5, 0.5, "no model given", ha="center", va="center", transform=axes[0, 1].transAxes)
+    for row, (name, model) in zip(axes, models.items(), strict=False):  # one row even without models
+        device = next((b.device for b in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+        found = _as_map(model)
+        with torch.no_grad():
+            if found is None:
+                label, base, mapped = "base noise (inside the sampler)", None, []
+                x = model.sample(n, generator=torch.Generator(device=device).manual_seed(seed)).float().cpu()
+            else:
+                label, to_base, T = found
+                zz = z if to_base is None else to_base(z)
+                ll = lines if to_base is None else [to_base(line) for line in lines]
+                x = T(zz.to(device)).float().cpu()
+                if getattr(model, "n_components", None) and "k" in inspect.signature(model.transform).parameters:
+                    mapped = [model.transform(line.to(device), k).float().cpu()
+                              for k in range(model.n_components) for line in ll[:4]]
+                else:
+                    mapped = [T(line.to(device)).float().cpu() for line in ll]
+                base = (zz, ll)
+        if base is not None:
+            pts, ll = base
+            row[0].scatter(pts[:, 0], pts[:, 1], c=colour, cmap="hsv", s=2, linewidths=0, rasterized=True)
+            for line in ll:
+                row[0].plot(line[:, 0], line[:, 1], color="k", lw=0.4, alpha=0.5)
+        else:
+            row[0].text(0.5, 0.5, "noise drawn\ninside the sampler", ha="center", va="center",
+                        transform=row[0].transAxes, fontsize=8)
+        row[0].set_aspect("equal")
+        row[0].set_title(label, fontsize=8)
+        row[0].set_ylabel(name, fontsize=11)
+        for line in mapped:
+            row[1].plot(line[:, 0], line[:, 1], color="k", lw=0.5, alpha=0.6)
+        if not mapped:
+            row[1].text(0.5, 0.5, "stochastic sampler:\nno deterministic map", ha="center", va="center",
+                        transform=row[1].transAxes, fontsize=8)
+        scatter(data, row[2], color=COLORS["data"], alpha=0.3)
+        if mapped:
+            row[2].scatter(x[:, 0], x[:, 1], c=colour, cmap="hsv", s=2, linewidths=0, rasterized=True)
+        else:
+            scatter(x, row[2], s=2)
+        for ax in row[1:]:
+            ax.set_xlim(-LIM, LIM)
+            ax.set_ylim(-LIM, LIM)
+            ax.set_aspect("equal")
+    axes[0, 1].set_title("the map $T_\\theta$: image of the grid")
+    axes[0, 2].set_title("$T_\\theta(z)$ over the data")
+    plt.tight_layout()
+    return fig
+

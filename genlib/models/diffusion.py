@@ -416,6 +416,20 @@ class Diffusion(nn.Module):
         return self.sample(z.shape[0], sampler="ode", steps=steps or self.steps,
                            x1=self.schedule.prior_std() * z, method=method)
 
+    def ode_log_prob(self, x: torch.Tensor, steps: int = 32, method: str = "rk4") -> torch.Tensor:
+        """Exact log-density of the *probability-flow ODE's* distribution (the deterministic sampler's, not the
+        reverse SDE's) at points x (B, d), by the instantaneous change of variables from t_min to t = 1
+        (:func:`genlib.solvers.log_prob_ode` with the exact divergence; base N(0, sigma_1^2 I))."""
+        x = check_tensor("x", x, ndim=2, last_dim=self.dim)
+        s1 = self.schedule.prior_std()
+        d = x.shape[1]
+
+        def base(y):
+            return -0.5 * (y**2).sum(-1) / s1**2 - d * math.log(s1) - 0.5 * d * math.log(2 * math.pi)
+
+        return solvers.log_prob_ode(self._drift_ode, x.to(self.device), base, steps=steps, method=method,
+                                    t_data=float(self.schedule.t_min), t_noise=1.0)
+
     def _drift_ode(self, t, x):
         return _col(self.schedule.f(t), x) * x - 0.5 * _col(self.schedule.g2(t), x) * self.score(x, t)
 

@@ -156,3 +156,18 @@ def test_bad_inputs_raise_clear_errors():
         D.Diffusion(D.DenoiserMLP()).loss(torch.tensor([[float("nan"), 0.0]]))
     with pytest.raises(ValueError, match="frm"):
         D.convert(torch.zeros(1, 2), "noise", "eps", torch.zeros(1, 2), 1.0, 1.0)
+
+
+def test_ode_log_prob_of_the_exact_model_is_the_true_density(device):
+    """With the exact score, the probability-flow ODE's density is the data density (noised to t_min)."""
+    m = exact_model("vp_linear", device)
+    mix = data.eight_gaussians_density()
+    x = mix.sample(500, torch.Generator().manual_seed(0), device=device)
+    with torch.no_grad():
+        lp = m.ode_log_prob(x, steps=64)
+    assert lp.shape == (500,) and lp.device.type == device.type
+    t = torch.tensor(m.schedule.t_min)
+    exact = mix.noised(float(m.schedule.alpha(t)), float(m.schedule.sigma(t))).log_prob(x.double().cpu())
+    assert (lp.double().cpu() - exact).abs().max() < 0.02
+    with pytest.raises(ValueError):
+        m.ode_log_prob(torch.zeros(3, 3, device=device))

@@ -99,3 +99,16 @@ def test_seed_and_device():
     assert genlib.device().type in ("cpu", "cuda")
     with pytest.raises(ValueError, match="seed: expected a non-negative int"):
         genlib.seed(-1)
+
+
+def test_mlp_large_batches_without_autograd_match(device):
+    """Large no-grad batches are evaluated in chunks on the CPU: the values are those of one pass."""
+    torch.manual_seed(0)
+    net = nn.MLP(2, 2, hidden=32, depth=2, time_embed_dim=8).to(device)
+    x = torch.randn(40_000, 2, device=device)
+    t = torch.rand(40_000, device=device)
+    full = net(x, t).detach()  # with autograd: one pass
+    with torch.no_grad():
+        chunked = net(x, t)
+    assert chunked.shape == full.shape
+    assert torch.allclose(chunked, full, atol=1e-5, rtol=1e-5)

@@ -66,3 +66,19 @@ def test_explorer_calls_back_with_control_values():
     assert seen[-1] == 4 and not ui.children[0].continuous_update
     with pytest.raises(ValueError, match="controls"):
         widgets.explorer(lambda: None)
+
+
+def test_unified_view_draws_one_row_per_model():
+    from genlib.models.gmm import GaussianMixture
+
+    gmm = GaussianMixture(2, dim=2)
+    gmm.set_parameters(torch.tensor([0.5, 0.5]), torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.eye(2).repeat(2, 1, 1))
+    x = data.eight_gaussians(200, seed=0)
+    fig = plot.unified_view({"a": gmm, "b": gmm}, x, n=300)
+    assert len(fig.axes) == 6
+    # the right column holds the mapped noise over the data: points lie near the two means
+    pts = fig.axes[2].collections[-1].get_offsets()
+    assert len(pts) == 300 and abs(abs(pts[:, 0]).mean() - 2.0) < 0.3
+    with pytest.raises(TypeError, match="models"):
+        plot.unified_view([gmm], x)
+    plt.close("all")
