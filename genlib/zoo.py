@@ -132,7 +132,8 @@ def get(family: str, dataset: str = "eight_gaussians", seed: int = 0, device=Non
             return model
     seed_all(seed)
     model = r.build(dict(r.config)).to(dev)
-    history = r.train(model, dict(r.config), seed, dev, progress)
+    with torch.enable_grad():  # training on first use works even when the caller is inside torch.no_grad()
+        history = r.train(model, dict(r.config), seed, dev, progress)
     model.eval()
     if isinstance(history, History):
         model.history = history
@@ -408,7 +409,11 @@ _GAN_DIGITS = {"image": True, "latent_dim": 16, "channels": 32, "loss": "ns", "g
                "schedule": "constant", "ema": None, "monitor_every": 0}
 register("dcgan", "digits", _gan_build, _gan_train, {**_GAN_DIGITS, "n_classes": 0, "desc": "DCGAN (digits)"},
          "A small DCGAN-style GAN on the 8x8 digits (non-saturating loss).")
-register("cgan", "digits", _gan_build, _gan_train, {**_GAN_DIGITS, "n_classes": 10, "desc": "conditional GAN (digits)"},
+# the conditional GAN returns its generator's weight average (ema 0.99): the last iterate's accuracy moved between
+# 84% and 93% with the machine's thread count, the average's stays near 98% (0.999 averages in too much of the
+# early, untrained generator over 1,200 steps and fails)
+register("cgan", "digits", _gan_build, _gan_train,
+         {**_GAN_DIGITS, "n_classes": 10, "ema": 0.99, "desc": "conditional GAN (digits)"},
          "A class-conditional DCGAN-style GAN on the 8x8 digits (labels as one-hot inputs and critic planes).")
 
 

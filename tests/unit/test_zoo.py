@@ -98,3 +98,11 @@ def test_families_are_the_headline_keys_in_book_order():
     assert fams == [f for f in zoo.HEADLINE if f in fams]
     assert ("digits_classifier", "digits") in zoo.models("digits")
     assert "digits_classifier" not in zoo.families("digits")
+
+
+def test_get_trains_even_inside_no_grad(tmp_cache):
+    """A model trained on first use from inside torch.no_grad() (say, a metric's lazy classifier) still trains."""
+    with torch.no_grad():
+        m = zoo.get("gmm_k8", device="cpu", progress=False)  # EM: no gradients, must not care
+        clf = zoo.get("digits_classifier", dataset="digits", device="cpu", progress=False)
+    assert m.history.steps > 0 and clf.history.loss[-1] < clf.history.loss[0]
