@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         w.writerows(rows)
     seeds = ", ".join(str(s) for s in args.seeds)
-    table = (f"Eight Gaussians, the protocol of DESIGN.md, seed(s) {seeds}; {prov['date']}, {prov['device']}, "
+    table = (f"Eight Gaussians, the book's evaluation protocol, seed(s) {seeds}; {prov['date']}, {prov['device']}, "
              f"commit {prov['commit']}, torch {prov['torch']}.\n\n"
              + metrics.comparison_table(rows, references=not args.no_references) + "\n")
     (args.out / f"{args.name}.md").write_text(table)

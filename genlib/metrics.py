@@ -455,41 +455,56 @@ PROTOCOL_COLUMNS = {
     "modes_covered": ("modes", "{:d}"),
     "on_mode": ("on a mode", "{:.1%}"),
     "sample_seconds": ("sampling 1e5 (s)", "{:.2f}"),
-    "nfe": ("NFE", "{}"),
+    "nfe": ("NFE", "{:.0f}"),
+    "train_seconds": ("training (s)", "{:.0f}"),
 }
+SPREAD_COLUMNS = ("binned_kl", "nll", "w2")  # shown with their spread over seeds (``<column>_sd``) when there is one
 
 
-def protocol_table(rows: dict[str, dict], references: bool = True) -> str:
+def protocol_table(rows: dict[str, dict], references: bool = True, extra: tuple[str, dict] | None = None) -> str:
     """A Markdown table of protocol results, one row per model, with the reference points below them.
 
-    ``rows`` maps a model's name to the dict returned by :func:`evaluate`. Display it in a notebook with
-    ``IPython.display.Markdown(protocol_table(...))``.
+    ``rows`` maps a model's name to the dict returned by :func:`evaluate` (or a :func:`summarise_seeds` row,
+    whose spread over seeds is shown as ``mean ± sd``). ``extra`` = (header, {model name: text}) adds a column.
+    Display it in a notebook with ``IPython.display.Markdown(protocol_table(...))``.
     """
     if not isinstance(rows, dict) or not rows:
         raise ValueError("rows: expected a non-empty dict mapping model names to evaluate() results")
     cols = [c for c in PROTOCOL_COLUMNS if any(c in r for r in rows.values())]
-    head = "| model | " + " | ".join(PROTOCOL_COLUMNS[c][0] for c in cols) + " |"
-    lines = [head, "|---" * (len(cols) + 1) + "|"]
+    head = "| model | " + " | ".join(PROTOCOL_COLUMNS[c][0] for c in cols) + (f" | {extra[0]} |" if extra else " |")
+    lines = [head, "|---" * (len(cols) + 1 + bool(extra)) + "|"]
 
     def cell(c, v):
         if v is None:
             return "n/a"
         fmt = PROTOCOL_COLUMNS[c][1]
-        return fmt.format(int(v)) if fmt == "{:d}" else fmt.format(v)
+        return fmt.format(round(v)) if fmt == "{:d}" else fmt.format(v)
+
+    def row(name, values, missing):
+        cells = []
+        for c in cols:
+            if c not in values:
+                cells.append(missing)
+                continue
+            text = cell(c, values[c])
+            if c in SPREAD_COLUMNS and values.get("seeds", 1) > 1 and f"{c}_sd" in values:
+                text += " ± " + cell(c, values[f"{c}_sd"])
+            cells.append(text)
+        if extra:
+            cells.append(str(extra[1].get(name, "")))
+        return f"| {name} | " + " | ".join(cells) + " |"
 
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(cell(c, r[c]) if c in r else "—" for c in cols) + " |")
+        lines.append(row(name, r, "—"))
     if references:
         ref = reference_points()
-        extra = {"binned_kl": None, "nll": None, "w2": None}
         for label, values in [
-            ("estimator floor (true samples)", {**extra, "binned_kl": ref["floor"], "nll": ref["entropy"],
-                                                "w2": ref["w2_true"]}),
-            ("parametric oracle (GMM, K = 8)", {**extra, "binned_kl": ref["oracle"]}),
-            ("KDE baseline (best bandwidth)", {**extra, "binned_kl": ref["kde"]}),
+            ("estimator floor (true samples)",
+             {"binned_kl": ref["floor"], "nll": ref["entropy"], "w2": ref["w2_true"]}),
+            ("parametric oracle (GMM, K = 8)", {"binned_kl": ref["oracle"]}),
+            ("KDE baseline (best bandwidth)", {"binned_kl": ref["kde"]}),
         ]:
-            lines.append(f"| *{label}* | " + " | ".join(
-                cell(c, values[c]) if values.get(c) is not None else "" for c in cols) + " |")
+            lines.append(row(f"*{label}*", values, ""))
     return "\n".join(lines)
 
 
@@ -522,31 +537,8 @@ def summarise_seeds(rows: list[dict]) -> list[dict]:
 
 
 def comparison_table(rows: list[dict], references: bool = True, notes: bool = True) -> str:
-    """The Synthesis table as Markdown: one line per family (mean, and ± spread when there are several seeds),
-    the protocol's reference points, and the lecture notes' Table 2 beside it."""
-    summary = summarise_seeds(rows)
-    cols = [("binned_kl", "binned KL", 4), ("nll", "NLL (nats)", 3), ("w2", "W2", 3), ("modes_covered", "modes", 0),
-            ("on_mode", "on a mode", 3), ("nfe", "NFE", 0), ("sample_seconds", "sampling 1e5 (s)", 2),
-            ("train_seconds", "training (s)", 0)]
-    several = max(s["seeds"] for s in summary) > 1
-    head = "| model | " + " | ".join(c[1] for c in cols) + (" | notes' Table 2 |" if notes else " |")
-    lines = [head, "|---" * (len(cols) + 1 + notes) + "|"]
-    for s in summary:
-        cells = []
-        for key, _, d in cols:
-            v = "n/a" if key not in s else f"{s[key]:.{d}f}"
-            if several and key in ("binned_kl", "nll", "w2") and key in s:
-                v += f" ± {s[key + '_sd']:.{d}f}"
-            cells.append(v)
-        if notes:
-            cells.append(f"{NOTES_TABLE2[s['family']]:.4f}" if s["family"] in NOTES_TABLE2 else "")
-        lines.append(f"| {s['family']} | " + " | ".join(cells) + " |")
-    if references:
-        ref = reference_points()
-        for label, values in [("*estimator floor (true samples)*", {"binned_kl": ref["floor"], "nll": ref["entropy"],
-                                                                    "w2": ref["w2_true"]}),
-                              ("*KDE baseline (best bandwidth)*", {"binned_kl": ref["kde"]}),
-                              ("*parametric oracle (GMM, K = 8)*", {"binned_kl": ref["oracle"]})]:
-            cells = [f"{values[key]:.{d}f}" if key in values else "" for key, _, d in cols] + ([""] if notes else [])
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The Synthesis table as Markdown: :func:`protocol_table` of the :func:`summarise_seeds` rows (mean, and
+    ± spread when there are several seeds), with the lecture notes' Table 2 beside it."""
+    summary = {s["family"]: s for s in summarise_seeds(rows)}
+    extra = ("notes' Table 2", {f: f"{v:.4f}" for f, v in NOTES_TABLE2.items()}) if notes else None
+    return protocol_table(summary, references=references, extra=extra)

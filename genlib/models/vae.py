@@ -26,14 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
-from ..metrics import nats_to_bits_per_dim  # noqa: F401  (re-exported)
 from ..nn import ACTIVATIONS, MLP
 
 __all__ = [
     "LIKELIHOODS",
     "gaussian_kl",
     "gaussian_log_prob",
-    "nats_to_bits_per_dim",
     "Autoencoder",
     "VAE",
     "VQVAE",

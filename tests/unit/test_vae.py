@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from genlib import data, zoo
-from genlib.models.vae import VAE, VQVAE, Autoencoder, gaussian_kl, gaussian_log_prob, nats_to_bits_per_dim
+from genlib.metrics import nats_to_bits_per_dim
+from genlib.models.vae import VAE, VQVAE, Autoencoder, gaussian_kl, gaussian_log_prob
 
 
 def _digits(device, n=64):
