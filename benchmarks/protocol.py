@@ -3,6 +3,7 @@
     python benchmarks/protocol.py                      # seed 0, every family, CSV + Markdown in benchmarks/results
     python benchmarks/protocol.py --seeds 0 1 2        # the robustness table: mean and spread over seeds
     python benchmarks/protocol.py --families gmm flow --samples 20000 --out /tmp/bench   # a small run
+    python benchmarks/protocol.py --dataset two_moons --name two_moons   # the second data set
 
 Models come from genlib.zoo (trained on first use, then loaded from the cache), so the numbers are the ones the
 chapters show. Runs on CUDA unchanged (``--device cuda``); the device, commit and date go into the output.
@@ -56,25 +57,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=metrics.PROTOCOL_SAMPLES,
                         help="samples per model (the protocol uses 100,000)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--name", default="eight_gaussians", help="file stem of the outputs")
+    parser.add_argument("--dataset", default="eight_gaussians", choices=sorted(genlib.data.TOY_DENSITIES),
+                        help="the 2-D data set (every family's headline recipe trained on it)")
+    parser.add_argument("--name", default=None, help="file stem of the outputs (default: the data set)")
     parser.add_argument("--no-references", action="store_true", help="skip the floor / KDE / oracle rows")
     args = parser.parse_args(argv)
 
     device = genlib.device() if args.device is None else torch.device(args.device)
     prov = provenance(device)
     print(f"device: {prov['device']}  commit {prov['commit']}  torch {prov['torch']}", flush=True)
-    rows = zoo.benchmark(args.families, seeds=args.seeds, device=device, n=args.samples, progress=True)
+    name = args.name or args.dataset
+    rows = zoo.benchmark(args.families, seeds=args.seeds, device=device, n=args.samples, progress=True,
+                         dataset=args.dataset)
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / f"{args.name}.csv", "w", newline="") as f:
+    with open(args.out / f"{name}.csv", "w", newline="") as f:
         f.write("".join(f"# {k}: {v}\n" for k, v in prov.items()))
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     seeds = ", ".join(str(s) for s in args.seeds)
-    table = (f"Eight Gaussians, the book's evaluation protocol, seed(s) {seeds}; {prov['date']}, {prov['device']}, "
+    title = {"eight_gaussians": "Eight Gaussians", "two_moons": "Two moons"}.get(args.dataset, args.dataset)
+    table = (f"{title}, the book's evaluation protocol, seed(s) {seeds}; {prov['date']}, {prov['device']}, "
              f"commit {prov['commit']}, torch {prov['torch']}.\n\n"
-             + metrics.comparison_table(rows, references=not args.no_references) + "\n")
-    (args.out / f"{args.name}.md").write_text(table)
+             + metrics.comparison_table(rows, references=not args.no_references, dataset=args.dataset) + "\n")
+    (args.out / f"{name}.md").write_text(table)
     print(table)
     return 0
 

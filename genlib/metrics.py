@@ -1,6 +1,9 @@
 """The book's evaluation protocol (DESIGN.md): binned KL against the true eight Gaussians with its
 reference points (estimator floor, parametric oracle, KDE baseline), NLL, exact W2, MMD, mode
-statistics, sampling cost, and the digits classifier's Frechet distance and label entropy."""
+statistics, sampling cost, and the digits classifier's Frechet distance and label entropy.
+
+Every 2-D function takes ``dataset``: the eight Gaussians (the default) or another set whose exact law
+:func:`genlib.data.toy_density` knows (two moons, the Synthesis chapter's second data set)."""
 
 from __future__ import annotations
 
@@ -85,34 +88,40 @@ def _kl_of_masses(p: torch.Tensor, q: torch.Tensor) -> float:
     return float((p * (p / q).log()).sum())
 
 
-@lru_cache(maxsize=4)
-def _true_masses(bins: int, lim: float) -> torch.Tensor:
+DEFAULT_DATASET = "eight_gaussians"
+
+
+@lru_cache(maxsize=8)
+def _true_masses(bins: int, lim: float, dataset: str = DEFAULT_DATASET) -> torch.Tensor:
     edges = grid_edges(bins, lim)
-    return _data.eight_gaussians_density().bin_masses(edges, edges)
+    return _data.toy_density(dataset).bin_masses(edges, edges)
 
 
-def binned_kl(samples: torch.Tensor, reference: _data.IsotropicGaussianMixture | None = None) -> float:
-    """The protocol's binned KL(P || Q), P the exact cell masses of the true mixture (default: the eight
-    Gaussians) on the 40 x 40 grid on [-4.5, 4.5]^2, Q the histogram of `samples` (the protocol uses 100,000).
+def binned_kl(samples: torch.Tensor, reference: _data.IsotropicGaussianMixture | None = None,
+              dataset: str = DEFAULT_DATASET) -> float:
+    """The protocol's binned KL(P || Q), P the exact cell masses of the true law (`reference`, else that of
+    `dataset`) on the 40 x 40 grid on [-4.5, 4.5]^2, Q the histogram of `samples` (the protocol uses 100,000).
 
     1e-6 is added to every cell of both and both are renormalised. Mass outside the grid goes into one
     extra cell of P and Q, so a model that throws samples off the grid pays for them.
     """
     samples = check_tensor("samples", samples, ndim=2, last_dim=2)
     if reference is None:
-        p = _true_masses(GRID_BINS, GRID_LIM)
+        p = _true_masses(GRID_BINS, GRID_LIM, dataset)
     else:
         edges = grid_edges()
         p = reference.bin_masses(edges, edges)
     return _kl_of_masses(p, histogram2d(samples))
 
 
-def binned_kl_floor(n: int = PROTOCOL_SAMPLES, repeats: int = 5, seed: int = EVAL_SEED) -> float:
+def binned_kl_floor(n: int = PROTOCOL_SAMPLES, repeats: int = 5, seed: int = EVAL_SEED,
+                    dataset: str = DEFAULT_DATASET) -> float:
     """The estimator's floor: the mean binned KL of n true samples (what a perfect model scores)."""
     check_positive_int("n", n)
     check_positive_int("repeats", repeats)
-    mix = _data.eight_gaussians_density()
-    vals = [binned_kl(mix.sample(n, torch.Generator().manual_seed(seed + r))) for r in range(repeats)]
+    mix = _data.toy_density(dataset)
+    vals = [binned_kl(mix.sample(n, torch.Generator().manual_seed(seed + r)), dataset=dataset)
+            for r in range(repeats)]
     return float(np.mean(vals))
 
 
@@ -121,31 +130,37 @@ def _sample_kde(points: torch.Tensor, bandwidth: float, n: int, generator: torch
     return points[idx] + bandwidth * torch.randn(n, points.shape[1], generator=generator)
 
 
-def kde_binned_kl(points: torch.Tensor, bandwidth: float, n: int = PROTOCOL_SAMPLES, seed: int = EVAL_SEED) -> float:
+def kde_binned_kl(points: torch.Tensor, bandwidth: float, n: int = PROTOCOL_SAMPLES, seed: int = EVAL_SEED,
+                  dataset: str = DEFAULT_DATASET) -> float:
     """Binned KL of a Gaussian KDE of `points` with the given bandwidth (n samples from the KDE)."""
     points = check_tensor("points", points, ndim=2, last_dim=2).detach().cpu().float()
     check_positive_float("bandwidth", bandwidth)
-    return binned_kl(_sample_kde(points, bandwidth, n, torch.Generator().manual_seed(seed)))
+    return binned_kl(_sample_kde(points, bandwidth, n, torch.Generator().manual_seed(seed)), dataset=dataset)
 
 
-def kde_baseline(train: torch.Tensor | None = None, bandwidths=None) -> dict:
-    """The KDE reference point: a Gaussian KDE of the training set (default ``eight_gaussians(2000, seed=0)``)
-    with its best bandwidth. Returns {'binned_kl', 'bandwidth'}; about 0.036 on the protocol's set."""
+def kde_baseline(train: torch.Tensor | None = None, bandwidths=None, dataset: str = DEFAULT_DATASET) -> dict:
+    """The KDE reference point: a Gaussian KDE of the training set (default ``genlib.data.toy(dataset, 2000,
+    seed=0)``) with its best bandwidth on a grid from 0.04 to 0.40. Returns {'binned_kl', 'bandwidth', 'scores'};
+    about 0.036 on the eight Gaussians."""
     if train is None:
-        train = _data.eight_gaussians(2000, seed=0)
+        train = _data.toy(dataset, 2000, seed=0)
     train = check_tensor("train", train, ndim=2, last_dim=2).detach().cpu()
     if bandwidths is None:
-        bandwidths = np.round(np.arange(0.10, 0.41, 0.02), 3)
-    scores = {float(h): kde_binned_kl(train, float(h)) for h in bandwidths}
+        bandwidths = np.round(np.arange(0.04, 0.41, 0.02), 3)
+    scores = {float(h): kde_binned_kl(train, float(h), dataset=dataset) for h in bandwidths}
     best = min(scores, key=scores.get)
     return {"binned_kl": scores[best], "bandwidth": best, "scores": scores}
 
 
-def parametric_oracle(train: torch.Tensor | None = None, seed: int = 0) -> float:
+def parametric_oracle(train: torch.Tensor | None = None, seed: int = 0, dataset: str = DEFAULT_DATASET) -> float:
     """Binned KL of a GMM with the true K = 8 fitted by maximum likelihood to the training set
-    (scikit-learn's EM, full covariances): the price of finite data with the right model family."""
+    (scikit-learn's EM, full covariances): the price of finite data with the right model family.
+    Defined for the eight Gaussians only (other sets have no finite parametric family to fit)."""
     from sklearn.mixture import GaussianMixture
 
+    if dataset != DEFAULT_DATASET:
+        raise ValueError(f"dataset: the parametric oracle is defined for {DEFAULT_DATASET!r} (a K = 8 mixture is "
+                         f"its true family), not for {dataset!r}")
     if train is None:
         train = _data.eight_gaussians(2000, seed=0)
     train = check_tensor("train", train, ndim=2, last_dim=2)
@@ -163,22 +178,22 @@ def nats_to_bits_per_dim(nats, dim: int):
     return nats / (dim * math.log(2.0))
 
 
-def true_entropy() -> float:
-    """Differential entropy of the eight Gaussians in nats (about 2.61): the floor of any NLL."""
-    return reference_points()["entropy"]
+def true_entropy(dataset: str = DEFAULT_DATASET) -> float:
+    """Differential entropy of the true law in nats (eight Gaussians: about 2.61): the floor of any NLL."""
+    return reference_points(dataset)["entropy"]
 
 
 def nll(log_prob: Callable[[torch.Tensor], torch.Tensor] | torch.nn.Module, n: int = 20_000,
-        seed: int = EVAL_SEED, device=None, batch_size: int = 20_000) -> float:
-    """Mean negative log-likelihood in nats of n fresh true eight-Gaussians samples under `log_prob`
-    (a function or a model with ``log_prob``)."""
+        seed: int = EVAL_SEED, device=None, batch_size: int = 20_000, dataset: str = DEFAULT_DATASET) -> float:
+    """Mean negative log-likelihood in nats of n fresh true samples (default: the eight Gaussians) under
+    `log_prob` (a function or a model with ``log_prob``)."""
     fn = log_prob.log_prob if hasattr(log_prob, "log_prob") else log_prob
     if not callable(fn):
         raise TypeError("log_prob: expected a callable or a model with a log_prob method")
     check_positive_int("n", n)
     if device is None and isinstance(log_prob, torch.nn.Module):
         device = _model_device(log_prob)
-    x = _data.eight_gaussians_density().sample(n, torch.Generator().manual_seed(seed), device=device)
+    x = _data.toy_density(dataset).sample(n, torch.Generator().manual_seed(seed), device=device)
     total = 0.0
     for chunk in x.split(batch_size):
         lp = fn(chunk)
@@ -203,9 +218,9 @@ def w2(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(math.sqrt(max(val, 0.0)))
 
 
-def w2_reference(n: int = 2000, seed: int = EVAL_SEED) -> float:
+def w2_reference(n: int = 2000, seed: int = EVAL_SEED, dataset: str = DEFAULT_DATASET) -> float:
     """W2 between two independent sets of n true samples: what a perfect model scores."""
-    mix = _data.eight_gaussians_density()
+    mix = _data.toy_density(dataset)
     return w2(mix.sample(n, torch.Generator().manual_seed(seed + 1)),
               mix.sample(n, torch.Generator().manual_seed(seed + 2)))
 
@@ -228,17 +243,22 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> fl
     return float(sxx + syy - 2 * kxy.mean())
 
 
-def mode_stats(samples: torch.Tensor, min_fraction: float = 0.01, radius_std: float = 3.0) -> dict:
+def mode_stats(samples: torch.Tensor, min_fraction: float = 0.01, radius_std: float = 3.0,
+               dataset: str = DEFAULT_DATASET) -> dict:
     """Modes covered (a mode counts when at least 1% of samples lie within 3 std of it) and the fraction
-    of samples within 3 std of some mode, for the eight Gaussians."""
+    of samples within 3 std of some mode (eight Gaussians: 8 modes; two moons: 2, each its arc blurred)."""
     samples = check_tensor("samples", samples, ndim=2, last_dim=2).detach().cpu().double()
-    mix = _data.eight_gaussians_density()
-    d = torch.cdist(samples, mix.means)
-    near = d < radius_std * mix.std
-    per_mode = near.float().mean(0)
+    mix = _data.toy_density(dataset)
+    near = torch.zeros(samples.shape[0], mix.n_modes, dtype=torch.float64)
+    chunk = max(1, 4_000_000 // mix.means.shape[0])
+    for i in range(0, samples.shape[0], chunk):
+        close = (torch.cdist(samples[i:i + chunk], mix.means) < radius_std * mix.std).double()
+        index = mix.modes.expand(close.shape[0], -1)
+        near[i:i + chunk] = near[i:i + chunk].scatter_reduce(1, index, close, reduce="amax")
+    per_mode = near.mean(0)
     return {
         "modes_covered": int((per_mode >= min_fraction).sum()),
-        "on_mode": float(near.any(1).float().mean()),
+        "on_mode": float((near > 0).any(1).double().mean()),
         "per_mode": per_mode.tolist(),
     }
 
@@ -274,17 +294,18 @@ def sampling_cost(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, seed: int =
 
 
 def evaluate(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, with_nll: bool | None = None,
-             seed: int = EVAL_SEED) -> dict:
-    """The full eight-Gaussians protocol for a model with ``sample`` (and ``log_prob`` where it has one)."""
+             seed: int = EVAL_SEED, dataset: str = DEFAULT_DATASET) -> dict:
+    """The full 2-D protocol (default: on the eight Gaussians) for a model with ``sample`` (and ``log_prob``
+    where it has one)."""
     cost = sampling_cost(model, n, seed)
     x = cost.pop("samples")
     check_tensor("model.sample(n)", x, ndim=2, last_dim=2, finite=False)
     finite = torch.isfinite(x).all(1)
     x = x[finite]
-    mix = _data.eight_gaussians_density()
-    modes = mode_stats(x)
+    mix = _data.toy_density(dataset)
+    modes = mode_stats(x, dataset=dataset)
     out = {
-        "binned_kl": binned_kl(x),
+        "binned_kl": binned_kl(x, dataset=dataset),
         "w2": w2(x[:2000], mix.sample(2000, torch.Generator().manual_seed(seed + 2))),
         "modes_covered": modes["modes_covered"],
         "on_mode": modes["on_mode"],
@@ -296,7 +317,7 @@ def evaluate(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, with_nll: bool |
         with_nll = _has_log_prob(model)
     if with_nll:
         with torch.no_grad():
-            out["nll"] = nll(model, seed=seed)
+            out["nll"] = nll(model, seed=seed, dataset=dataset)
     return out
 
 
@@ -414,10 +435,11 @@ def predicted_labels(x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ presenting
 
 
-@lru_cache(maxsize=1)
-def reference_points() -> dict:
-    """The protocol's reference points on the eight Gaussians: the binned-KL estimator floor, the parametric
-    oracle (K = 8 GMM), the KDE baseline, the true entropy and W2 true vs true.
+@lru_cache(maxsize=4)
+def reference_points(dataset: str = DEFAULT_DATASET) -> dict:
+    """The protocol's reference points on a 2-D set (default: the eight Gaussians): the binned-KL estimator
+    floor, the parametric oracle (K = 8 GMM; None where the set has none), the KDE baseline and its bandwidth,
+    the true entropy and W2 true vs true.
 
     They are deterministic, so they are computed once and kept (as JSON) in the model cache directory.
     """
@@ -426,20 +448,30 @@ def reference_points() -> dict:
     from . import __version__
     from .zoo import cache_dir
 
-    path = cache_dir() / f"reference-points-{__version__}-torch{torch.__version__}.json"
-    keys = ("floor", "oracle", "kde", "entropy", "w2_true")
+    _data.toy_density(dataset)  # a clear error for an unknown set
+    path = cache_dir() / f"reference-points-{dataset}-{__version__}-torch{torch.__version__}.json"
+    keys = ("floor", "oracle", "kde", "kde_bandwidth", "entropy", "w2_true")
+    oracle_defined = dataset == DEFAULT_DATASET
+
+    def valid(k, v):
+        if k == "oracle" and not oracle_defined:
+            return v is None
+        return isinstance(v, float) and math.isfinite(v)
+
     try:
         values = json.loads(path.read_text())
-        if set(values) == set(keys) and all(isinstance(values[k], float) and math.isfinite(values[k]) for k in keys):
+        if set(values) == set(keys) and all(valid(k, values[k]) for k in keys):
             return values
     except (OSError, ValueError):
         pass
+    kde = kde_baseline(dataset=dataset)
     values = {
-        "floor": binned_kl_floor(),
-        "oracle": parametric_oracle(),
-        "kde": kde_baseline()["binned_kl"],
-        "entropy": _data.eight_gaussians_density().entropy(),
-        "w2_true": w2_reference(),
+        "floor": binned_kl_floor(dataset=dataset),
+        "oracle": parametric_oracle() if oracle_defined else None,
+        "kde": kde["binned_kl"],
+        "kde_bandwidth": float(kde["bandwidth"]),
+        "entropy": _data.toy_density(dataset).entropy(),
+        "w2_true": w2_reference(dataset=dataset),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -461,7 +493,8 @@ PROTOCOL_COLUMNS = {
 SPREAD_COLUMNS = ("binned_kl", "nll", "w2")  # shown with their spread over seeds (``<column>_sd``) when there is one
 
 
-def protocol_table(rows: dict[str, dict], references: bool = True, extra: tuple[str, dict] | None = None) -> str:
+def protocol_table(rows: dict[str, dict], references: bool = True, extra: tuple[str, dict] | None = None,
+                   dataset: str = DEFAULT_DATASET) -> str:
     """A Markdown table of protocol results, one row per model, with the reference points below them.
 
     ``rows`` maps a model's name to the dict returned by :func:`evaluate` (or a :func:`summarise_seeds` row,
@@ -497,13 +530,13 @@ def protocol_table(rows: dict[str, dict], references: bool = True, extra: tuple[
     for name, r in rows.items():
         lines.append(row(name, r, "—"))
     if references:
-        ref = reference_points()
-        for label, values in [
-            ("estimator floor (true samples)",
-             {"binned_kl": ref["floor"], "nll": ref["entropy"], "w2": ref["w2_true"]}),
-            ("parametric oracle (GMM, K = 8)", {"binned_kl": ref["oracle"]}),
-            ("KDE baseline (best bandwidth)", {"binned_kl": ref["kde"]}),
-        ]:
+        ref = reference_points(dataset)
+        refs = [("estimator floor (true samples)",
+                 {"binned_kl": ref["floor"], "nll": ref["entropy"], "w2": ref["w2_true"]})]
+        if ref["oracle"] is not None:
+            refs.append(("parametric oracle (GMM, K = 8)", {"binned_kl": ref["oracle"]}))
+        refs.append((f"KDE baseline (bandwidth {ref['kde_bandwidth']:.2f})", {"binned_kl": ref["kde"]}))
+        for label, values in refs:
             lines.append(row(f"*{label}*", values, ""))
     return "\n".join(lines)
 
@@ -536,9 +569,11 @@ def summarise_seeds(rows: list[dict]) -> list[dict]:
     return out
 
 
-def comparison_table(rows: list[dict], references: bool = True, notes: bool = True) -> str:
+def comparison_table(rows: list[dict], references: bool = True, notes: bool = True,
+                     dataset: str = DEFAULT_DATASET) -> str:
     """The Synthesis table as Markdown: :func:`protocol_table` of the :func:`summarise_seeds` rows (mean, and
-    ± spread when there are several seeds), with the lecture notes' Table 2 beside it."""
+    ± spread when there are several seeds), with the lecture notes' Table 2 beside it (eight Gaussians only)."""
     summary = {s["family"]: s for s in summarise_seeds(rows)}
+    notes = notes and dataset == DEFAULT_DATASET
     extra = ("notes' Table 2", {f: f"{v:.4f}" for f, v in NOTES_TABLE2.items()}) if notes else None
-    return protocol_table(summary, references=references, extra=extra)
+    return protocol_table(summary, references=references, extra=extra, dataset=dataset)

@@ -143,27 +143,28 @@ def get(family: str, dataset: str = "eight_gaussians", seed: int = 0, device=Non
 
 
 def benchmark(names: list[str] | None = None, seeds=(0,), device=None, n: int = 100_000,
-              progress: bool = False) -> list[dict]:
-    """The Synthesis comparison: each headline eight-Gaussians model (default: :func:`families`) trained or loaded
-    with its chapter's configuration and scored with the full protocol (:func:`genlib.metrics.evaluate`).
+              progress: bool = False, dataset: str = "eight_gaussians") -> list[dict]:
+    """The Synthesis comparison: each headline model of a 2-D data set (default: :func:`families` of the eight
+    Gaussians) trained or loaded with its chapter's configuration and scored with the full protocol
+    (:func:`genlib.metrics.evaluate` on the same data set).
 
     Returns one dict per (model, seed): ``family``, ``seed``, ``train_seconds`` (the training run's wall time,
     kept with the cached weights) and ``train_steps``, and the protocol's fields.
     """
     from . import metrics
 
-    names = families() if names is None else list(names)
+    names = families(dataset) if names is None else list(names)
     if not names:
         raise ValueError("names: expected at least one zoo key")
     check_positive_int("n", n)
     rows = []
     for seed in seeds:
         for name in names:
-            model = get(name, seed=seed, device=device, progress=progress)
+            model = get(name, dataset=dataset, seed=seed, device=device, progress=progress)
             history = getattr(model, "history", None)
             row = {"family": name, "seed": seed,
                    "train_seconds": getattr(history, "seconds", None), "train_steps": getattr(history, "steps", None)}
-            row.update(metrics.evaluate(model, n=n))
+            row.update(metrics.evaluate(model, n=n, dataset=dataset))
             rows.append(row)
     return rows
 
@@ -208,7 +209,16 @@ def _load(r: Recipe, path: Path, key: str, device: torch.device) -> nn.Module | 
 
 # ------------------------------------------------------------------------------------------------
 # Recipes. Each family's chapter registers its headline eight-Gaussians model below; builders import
-# their model module lazily so that ``import genlib.zoo`` stays light.
+# their model module lazily so that ``import genlib.zoo`` stays light. A 2-D recipe trains on
+# ``genlib.data.toy(config.get("data", "eight_gaussians"), 2000, seed)``; the Synthesis chapter's second data
+# set re-registers every headline recipe unchanged but for that key (see the end of this file).
+
+
+def _toy_train_set(config: dict, seed: int, device) -> torch.Tensor:
+    """The 2,000-point training set of a 2-D recipe: ``config["data"]`` (default the eight Gaussians), drawn by seed."""
+    from .data import toy
+
+    return toy(config.get("data", "eight_gaussians"), 2000, seed=seed, device=device)
 
 
 def _digits_classifier_build(config: dict) -> nn.Module:
@@ -239,10 +249,9 @@ def _gmm_build(config: dict) -> nn.Module:
 
 
 def _gmm_train(model, config, seed, device, progress):
-    from .data import eight_gaussians
     from .models.gmm import fit
 
-    x = eight_gaussians(2000, seed=seed, device=device)
+    x = _toy_train_set(config, seed, device)
     return fit(model, x, steps=config["steps"], tol=config["tol"], init=config["init"], n_init=config["n_init"],
                seed=seed, progress=progress, desc=f"EM, K = {config['n_components']}")
 
@@ -360,14 +369,14 @@ def _gan_build(config: dict) -> nn.Module:
 
 
 def _gan_train(model, config, seed, device, progress):
-    from .data import digits, eight_gaussians
+    from .data import digits
     from .models import gan
 
     if config.get("image"):
         d = digits(device=device)
         x = (d.train_x, d.train_y) if config["n_classes"] else d.train_x
     else:
-        x = eight_gaussians(2000, seed=seed, device=device)
+        x = _toy_train_set(config, seed, device)
     return gan.train_recipe(model, x, config, seed, progress, desc=config["desc"])
 
 
@@ -446,10 +455,9 @@ def _flow_build(config: dict) -> nn.Module:
 
 
 def _flow_train(model, config, seed, device, progress):
-    from .data import eight_gaussians
     from .train import fit
 
-    x = eight_gaussians(2000, seed=seed, device=device)
+    x = _toy_train_set(config, seed, device)
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
                schedule=config["schedule"], seed=seed, progress=progress, loss_fn=_jittered(config, seed, x),
                desc=f"coupling flow ({config['n_layers']} layers)")
@@ -478,10 +486,9 @@ def _cnf_build(config: dict) -> nn.Module:
 
 
 def _cnf_train(model, config, seed, device, progress):
-    from .data import eight_gaussians
     from .train import fit
 
-    x = eight_gaussians(2000, seed=seed, device=device)
+    x = _toy_train_set(config, seed, device)
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
                schedule=config["schedule"], seed=seed, progress=progress, desc="CNF (maximum likelihood)")
 
@@ -534,10 +541,9 @@ def _ar_build(config: dict) -> nn.Module:
 
 
 def _ar_train(model, config, seed, device, progress):
-    from .data import eight_gaussians
     from .train import fit
 
-    x = eight_gaussians(2000, seed=seed, device=device)
+    x = _toy_train_set(config, seed, device)
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
                schedule=config["schedule"], seed=seed, progress=progress, desc="binned autoregressive",
                loss_fn=_jittered(config, seed, x))
@@ -650,7 +656,7 @@ def _diffusion_train(model, config, seed, device, progress):
     from .train import fit
 
     if config["dim"] == 2:
-        x = data.eight_gaussians(2000, seed=seed, device=device)
+        x = _toy_train_set(config, seed, device)
     else:  # digits, scaled from 0..16 to [-1, 1] and flattened
         x = (data.digits(device=device).train_x.reshape(-1, 64) / 8.0 - 1.0)
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
@@ -755,3 +761,18 @@ register("flow_matching_latent", "digits", _fm_build, _fm_train,
          {**_FM_TOY, "dim": 8, "hidden": 256, "time_embed_dim": 32, "data": "vae_latents", "standardize": True,
           "vae": "vae/digits seed 0", "steps": 3000, "batch_size": 128, "lr": 1e-3},
          "Flow matching in the latent space of the VAE chapter's digits model (samples are latent codes).")
+
+
+# --- the Synthesis chapter's second data set ---
+# Every headline recipe again, with the same configuration, trained on two moons instead of the eight Gaussians.
+
+SECOND_DATASET = "two_moons"
+for _family in HEADLINE:
+    _r = _REGISTRY[(_family, "eight_gaussians")]
+    _config = {**_r.config, "data": SECOND_DATASET}
+    if "dataset" in _config:  # the VAE trainer's name for the same key
+        _config["dataset"] = SECOND_DATASET
+    if "desc" in _config:  # the progress bar's label
+        _config["desc"] = f"{_family} (two moons)"
+    register(_family, SECOND_DATASET, _r.build, _r.train, _config,
+             f"{_r.description} Trained on two moons (the Synthesis chapter's second data set).")

@@ -438,11 +438,12 @@ def fit(
 # ------------------------------------------------------------------------------------------ monitoring
 
 
-def mode_monitor(every: int, n: int = 2000, n_snapshot: int = 300, seed: int = 1):
-    """A ``fit`` callback for the eight Gaussians: every `every` steps it logs into the history the step
-    (``monitor_step``), the modes covered and the fraction on a mode (:func:`genlib.metrics.mode_stats` of n
-    samples from fixed noise), and the first `n_snapshot` of those samples, flattened (``snapshots``), so
-    that the training dynamics can be replayed without the intermediate weights."""
+def mode_monitor(every: int, n: int = 2000, n_snapshot: int = 300, seed: int = 1, dataset: str = "eight_gaussians"):
+    """A ``fit`` callback for 2-D data (default: the eight Gaussians): every `every` steps it logs into the
+    history the step (``monitor_step``), the modes covered and the fraction on a mode
+    (:func:`genlib.metrics.mode_stats` of n samples from fixed noise), and the first `n_snapshot` of those
+    samples, flattened (``snapshots``), so that the training dynamics can be replayed without the
+    intermediate weights."""
     from ..metrics import mode_stats
 
     check_positive_int("every", every)
@@ -459,7 +460,8 @@ def mode_monitor(every: int, n: int = 2000, n_snapshot: int = 300, seed: int = 1
             fixed["z"] = torch.randn(n, model.latent_dim, generator=g).to(model.shift.device)
         with torch.no_grad():
             x = model.transform(fixed["z"])
-        stats = mode_stats(x) if bool(torch.isfinite(x).all()) else {"modes_covered": 0, "on_mode": 0.0}
+        finite = bool(torch.isfinite(x).all())
+        stats = mode_stats(x, dataset=dataset) if finite else {"modes_covered": 0, "on_mode": 0.0}
         history.log(monitor_step=step, modes_covered=stats["modes_covered"], on_mode=stats["on_mode"])
         history.extra.setdefault("snapshots", []).extend(x[:n_snapshot].flatten().cpu().tolist())
 
@@ -477,7 +479,8 @@ def snapshots(history: History) -> torch.Tensor:
 def train_recipe(model: GAN, x, config: dict, seed: int, progress: bool, desc: str | None = None) -> History:
     """Train `model` on `x` with the hyperparameters of a zoo config (used by the zoo's GAN recipes); on
     two-dimensional data the run is monitored with :func:`mode_monitor` every ``config["monitor_every"]`` steps."""
-    monitor = mode_monitor(config["monitor_every"]) if config.get("monitor_every") else None
+    monitor = (mode_monitor(config["monitor_every"], dataset=config.get("data", "eight_gaussians"))
+               if config.get("monitor_every") else None)
     history = fit(model, x, steps=config["steps"], batch_size=config["batch_size"],
                   critic_steps=config["critic_steps"], lr=config["lr"], lr_critic=config.get("lr_critic"),
                   betas=tuple(config["betas"]), schedule=config.get("schedule", "constant"), ema=config.get("ema"),

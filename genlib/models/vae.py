@@ -550,10 +550,10 @@ class VQVAE(nn.Module):
 def _data_for(dataset: str, seed: int, device) -> torch.Tensor:
     from .. import data as _data
 
-    check_choice("dataset", dataset, ("eight_gaussians", "digits"))
-    if dataset == "eight_gaussians":
-        return _data.eight_gaussians(2000, seed=seed, device=device)
-    return _data.digits(device=device).train_x
+    check_choice("dataset", dataset, (*_data.TOY_DATASETS, "digits"))
+    if dataset == "digits":
+        return _data.digits(device=device).train_x
+    return _data.toy(dataset, 2000, seed=seed, device=device)
 
 
 def _beta_warmup(model: nn.Module, final_beta: float, warmup: int):

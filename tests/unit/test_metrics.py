@@ -143,6 +143,31 @@ def test_reference_points_are_cached_on_disk_and_recomputed_when_corrupt(tmp_cac
     metrics.reference_points.cache_clear()
 
 
+def test_protocol_on_two_moons(tmp_cache):
+    """The second data set: its own exact law, floor, KDE baseline (no parametric oracle), two modes."""
+    mix = data.two_moons_density()
+    x = mix.sample(100_000, torch.Generator().manual_seed(0))
+    s = metrics.mode_stats(x, dataset="two_moons")
+    assert s["modes_covered"] == 2 and s["on_mode"] > 0.99
+    upper = x[x[:, 1] > 0.75 + 0.5 * x[:, 0].abs()]  # well inside the upper moon, away from the lower one
+    assert metrics.mode_stats(upper, dataset="two_moons")["modes_covered"] == 1
+    eight = data.eight_gaussians(20_000, seed=0)
+    assert metrics.mode_stats(eight, dataset="two_moons")["on_mode"] < 0.5
+    assert metrics.binned_kl(eight, dataset="two_moons") > 1.0 > 0.01 > metrics.binned_kl(x, dataset="two_moons")
+    metrics.reference_points.cache_clear()
+    ref = metrics.reference_points("two_moons")
+    assert ref["oracle"] is None and ref["floor"] < 0.005 < ref["kde"] < 0.05 and 0.04 <= ref["kde_bandwidth"] < 0.2
+    assert abs(ref["entropy"] - mix.entropy()) < 1e-12 and ref != metrics.reference_points()
+    assert len(list(tmp_cache.glob("reference-points-two_moons-*.json"))) == 1
+    table = metrics.protocol_table({"truth": {"binned_kl": 0.003}}, dataset="two_moons").splitlines()
+    assert not any("oracle" in ln for ln in table) and any("KDE baseline" in ln for ln in table)
+    with pytest.raises(ValueError, match="oracle is defined for 'eight_gaussians'"):
+        metrics.parametric_oracle(dataset="two_moons")
+    with pytest.raises(ValueError, match="name: unknown value 'spirals'"):
+        metrics.reference_points("spirals")
+    metrics.reference_points.cache_clear()
+
+
 def test_nats_to_bits_per_dim():
     # a uniform distribution over 17 levels per pixel costs log2(17) bits per pixel
     assert metrics.nats_to_bits_per_dim(64 * math.log(17), 64) == pytest.approx(math.log2(17))

@@ -100,6 +100,49 @@ def test_families_are_the_headline_keys_in_book_order():
     assert "digits_classifier" not in zoo.families("digits")
 
 
+def test_second_dataset_repeats_every_headline_recipe():
+    """Two moons (Synthesis): every headline family again, the same configuration but for the data set."""
+    assert zoo.families("two_moons") == zoo.families() == list(zoo.HEADLINE)
+    for f in zoo.HEADLINE:
+        a, b = zoo.recipe(f).config, zoo.recipe(f, "two_moons").config
+        assert b["data"] == "two_moons"
+        assert {k: v for k, v in a.items() if k not in ("data", "dataset", "desc")} == \
+            {k: v for k, v in b.items() if k not in ("data", "dataset", "desc")}
+        assert zoo.cache_key(f) != zoo.cache_key(f, "two_moons")
+
+
+class _DataRequested(Exception):
+    pass
+
+
+def test_every_two_moons_trainer_asks_for_two_moons(monkeypatch):
+    """Each headline trainer's first request for data names two moons for the two-moons recipe (and the eight
+    Gaussians for the headline one): the data key reaches every trainer, whatever it calls it."""
+    asked = []
+
+    def fake_toy(name, n=2000, seed=None, device=None):
+        asked.append(name)
+        raise _DataRequested
+
+    monkeypatch.setattr(data, "toy", fake_toy)
+    for f in zoo.HEADLINE:
+        for dataset in ("two_moons", "eight_gaussians"):
+            r = zoo.recipe(f, dataset)
+            with pytest.raises(_DataRequested):
+                r.train(r.build(dict(r.config)), dict(r.config), 0, torch.device("cpu"), False)
+            assert asked.pop() == dataset, f
+
+
+def test_two_moons_recipe_trains_on_two_moons(tmp_cache):
+    """The GMM recipe on two moons: its training set is two moons, and it scores far better there than on the
+    eight Gaussians (so the data key reaches the trainer)."""
+    from genlib import metrics
+
+    m = zoo.get("gmm", dataset="two_moons", device="cpu", progress=False)
+    x = m.sample(20_000, generator=torch.Generator().manual_seed(0))
+    assert metrics.binned_kl(x, dataset="two_moons") < 0.1 < 1.0 < metrics.binned_kl(x)
+
+
 def test_get_trains_even_inside_no_grad(tmp_cache):
     """A model trained on first use from inside torch.no_grad() (say, a metric's lazy classifier) still trains."""
     with torch.no_grad():
