@@ -310,7 +310,7 @@ def _vqvae_train(model, config, seed, device, progress):
 
 
 register("vae", "eight_gaussians", _vae_build, _vae_train,
-         {"dataset": "eight_gaussians", "data_shape": [2], "latent_dim": 2, "hidden": 128, "depth": 3,
+         {"data": "eight_gaussians", "data_shape": [2], "latent_dim": 2, "hidden": 128, "depth": 3,
           "activation": "silu", "likelihood": "gaussian", "beta": 1.0, "decoder_std": None, "min_logvar": -9.0,
           "train_k": 1, "kl_warmup": 1000, "steps": 3000, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
           "desc": "VAE (eight Gaussians)"},
@@ -322,7 +322,7 @@ register("vae_beta_0.3", "eight_gaussians", _vae_build, _vae_train,
 register("vae_beta_3", "eight_gaussians", _vae_build, _vae_train,
          {**_VAE8_CONFIG, "beta": 3.0, "desc": "VAE, beta = 3"},
          "The headline VAE trained with beta = 3 (overlapping posteriors, blur).")
-_VAE_DIGITS = {"dataset": "digits", "data_shape": [1, 8, 8], "latent_dim": 8, "hidden": 256, "depth": 2,
+_VAE_DIGITS = {"data": "digits", "data_shape": [1, 8, 8], "latent_dim": 8, "hidden": 256, "depth": 2,
                "activation": "silu", "likelihood": "categorical", "beta": 1.0, "decoder_std": None,
                "min_logvar": -9.0, "train_k": 1, "kl_warmup": 500, "steps": 2000, "batch_size": 128, "lr": 2e-3,
                "schedule": "cosine", "desc": "VAE (digits)"}
@@ -332,7 +332,7 @@ register("vae_2d", "digits", _vae_build, _vae_train,
          {**_VAE_DIGITS, "latent_dim": 2, "hidden": 128, "steps": 1500, "desc": "VAE (digits, 2-D latent)"},
          "VAE on 8x8 digits with a 2-D latent, for the latent map and the latent-space explorer.")
 register("autoencoder", "digits", _ae_build, _ae_train,
-         {"dataset": "digits", "data_shape": [1, 8, 8], "levels": 17, "latent_dim": 2, "hidden": 128, "depth": 2,
+         {"data": "digits", "data_shape": [1, 8, 8], "levels": 17, "latent_dim": 2, "hidden": 128, "depth": 2,
           "noise_std": 0.0, "steps": 1000, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
           "desc": "autoencoder (digits)"},
          "Deterministic autoencoder on 8x8 digits with a 2-D code (its codes cannot be sampled).")
@@ -770,8 +770,6 @@ SECOND_DATASET = "two_moons"
 for _family in HEADLINE:
     _r = _REGISTRY[(_family, "eight_gaussians")]
     _config = {**_r.config, "data": SECOND_DATASET}
-    if "dataset" in _config:  # the VAE trainer's name for the same key
-        _config["dataset"] = SECOND_DATASET
     if "desc" in _config:  # the progress bar's label
         _config["desc"] = f"{_family} (two moons)"
     register(_family, SECOND_DATASET, _r.build, _r.train, _config,

@@ -568,10 +568,10 @@ def _beta_warmup(model: nn.Module, final_beta: float, warmup: int):
 
 
 def train_autoencoder(model: Autoencoder, config: dict, seed: int, device, progress: bool = True):
-    """Train an autoencoder with genlib.train.fit on config['dataset'] (a zoo train function)."""
+    """Train an autoencoder with genlib.train.fit on config['data'] (a zoo train function)."""
     from ..train import fit
 
-    x = _data_for(config.get("dataset", "eight_gaussians"), seed, device)
+    x = _data_for(config.get("data", "eight_gaussians"), seed, device)
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
                schedule=config.get("schedule", "cosine"), seed=seed, progress=progress,
                desc=config.get("desc", "autoencoder"))
@@ -581,7 +581,7 @@ def train_vae(model: VAE, config: dict, seed: int, device, progress: bool = True
     """Train a VAE with genlib.train.fit, raising beta linearly over ``config['kl_warmup']`` steps (zoo train)."""
     from ..train import fit
 
-    x = _data_for(config.get("dataset", "eight_gaussians"), seed, device)
+    x = _data_for(config.get("data", "eight_gaussians"), seed, device)
     final_beta = float(config.get("beta", 1.0))
     callback = _beta_warmup(model, final_beta, int(config.get("kl_warmup", 0)))
     history = fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],

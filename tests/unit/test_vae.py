@@ -97,7 +97,7 @@ def test_short_training_lowers_the_digits_bound():
     test_x = data.digits().test_x
     with torch.no_grad():
         before = float(-model.iw_bound(test_x, k=8).mean()) / (64 * math.log(2))
-    train_vae(model, {"dataset": "digits", "steps": 300, "batch_size": 128, "lr": 3e-3}, 0, "cpu", progress=False)
+    train_vae(model, {"data": "digits", "steps": 300, "batch_size": 128, "lr": 3e-3}, 0, "cpu", progress=False)
     with torch.no_grad():
         after = float(-model.iw_bound(test_x, k=8).mean()) / (64 * math.log(2))
     assert before > 3.5 and after < 2.5, (before, after)
@@ -207,7 +207,7 @@ def test_denoising_autoencoder_learns_to_denoise():
 
     torch.manual_seed(0)
     model = Autoencoder((1, 8, 8), latent_dim=8, hidden=64, depth=1, noise_std=0.3, levels=17)
-    train_autoencoder(model, {"dataset": "digits", "steps": 300, "batch_size": 128, "lr": 3e-3}, 0, "cpu",
+    train_autoencoder(model, {"data": "digits", "steps": 300, "batch_size": 128, "lr": 3e-3}, 0, "cpu",
                       progress=False)
     test_x = data.digits().test_x
     with torch.no_grad():
