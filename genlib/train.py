@@ -125,13 +125,15 @@ def fit(
     callback: Callable[[int, nn.Module, History], None] | None = None,
     progress: bool = True,
     desc: str | None = None,
+    ema: float | None = None,
 ) -> History:
     """Train `model` by minimising ``model.loss(*batch)`` (or ``loss_fn(model, *batch)``) with minibatch gradient steps.
 
     `data` is a tensor (N, ...) or a tuple of tensors sharing N (for example images and labels).
     The model and data move to `device` (default: the model's device). Returns a :class:`History`,
     also stored as ``model.history``. Raises ValueError if the data hold NaN/inf and
-    :class:`TrainingDiverged` naming the step if the loss does.
+    :class:`TrainingDiverged` naming the step if the loss does. With ``ema`` (a decay in (0, 1), e.g. 0.999)
+    the model ends with the exponential moving average of its parameters over the run instead of the last iterate.
     """
     data = _as_tuple(data)
     for i, d in enumerate(data):
@@ -143,6 +145,8 @@ def fit(
     check_positive_float("lr", lr)
     check_choice("optimizer", optimizer, ("adam", "adamw", "sgd"))
     check_choice("schedule", schedule, ("constant", "cosine"))
+    if ema is not None and not 0.0 < ema < 1.0:
+        raise ValueError(f"ema: expected a decay in (0, 1), got {ema}")
     if loss_fn is None and not hasattr(model, "loss"):
         raise TypeError(f"model: {type(model).__name__} has no loss(); pass loss_fn=")
     if device is None:
@@ -164,6 +168,7 @@ def fit(
     else:
         opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
     sched = _schedule(opt, schedule, steps, warmup)
+    averaged = [p.detach().clone() for p in params] if ema is not None else None
     history = History()
     stream = batches(data, min(batch_size, data[0].shape[0]), gen)
     start = time.perf_counter()
@@ -186,6 +191,10 @@ def fit(
             opt.step()
             if sched is not None:
                 sched.step()
+            if averaged is not None:
+                # the average starts at the first iterates (decay min(ema, (1+k)/(10+k)) warms it up)
+                decay = min(ema, (1 + step) / (10 + step))
+                torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 - decay)
             history.loss.append(loss.item())
             if callback is not None:
                 callback(step, model, history)
@@ -194,6 +203,10 @@ def fit(
                 bar.set_postfix(loss=f"{history.loss[-1]:.4f}", refresh=False)
     finally:
         bar.close()
+    if averaged is not None:
+        with torch.no_grad():
+            for p, a in zip(params, averaged, strict=True):
+                p.copy_(a)
     model.eval()
     history.steps = steps
     history.seconds = time.perf_counter() - start

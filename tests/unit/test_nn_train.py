@@ -66,6 +66,25 @@ def test_fit_is_deterministic():
     assert torch.equal(run(), run())
 
 
+def test_fit_ema_ends_at_the_running_average(device):
+    """With ema=d the model ends at the exponential moving average of its iterates (warm-up decay
+    min(d, (1+k)/(10+k))), not at the last iterate."""
+    x = data.eight_gaussians(512, seed=0, device=device)
+    iterates = []
+    m = Gaussian().to(device)
+    start = m.mu.detach().clone()
+    train.fit(m, x, steps=60, lr=0.05, batch_size=64, progress=False, ema=0.9,
+              callback=lambda step, mod, h: iterates.append(mod.mu.detach().clone()))
+    avg = start
+    for k, p in enumerate(iterates):
+        d = min(0.9, (1 + k) / (10 + k))
+        avg = d * avg + (1 - d) * p
+    assert torch.allclose(m.mu.detach(), avg, atol=1e-6)
+    assert not torch.allclose(m.mu.detach(), iterates[-1], atol=1e-3)  # the average lags the last iterate
+    with pytest.raises(ValueError, match="ema: expected a decay in"):
+        train.fit(Gaussian(), x, steps=2, ema=1.0, progress=False)
+
+
 def test_fit_raises_on_nan_data():
     x = data.eight_gaussians(64, seed=0)
     x[5, 1] = float("nan")
