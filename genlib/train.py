@@ -194,7 +194,8 @@ def fit(
             if averaged is not None:
                 # the average starts at the first iterates (decay min(ema, (1+k)/(10+k)) warms it up)
                 decay = min(ema, (1 + step) / (10 + step))
-                torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 - decay)
+                for a, p in zip(averaged, params, strict=True):
+                    a.lerp_(p.detach(), 1.0 - decay)
             history.loss.append(loss.item())
             if callback is not None:
                 callback(step, model, history)

@@ -660,8 +660,7 @@ def _diffusion_train(model, config, seed, device, progress):
     else:  # digits, scaled from 0..16 to [-1, 1] and flattened
         x = (data.digits(device=device).train_x.reshape(-1, 64) / 8.0 - 1.0)
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-               schedule=config.get("lr_schedule", "cosine"), seed=seed, device=device, progress=progress,
-               desc=f"diffusion ({config['schedule']})", ema=config.get("ema"))
+               schedule="cosine", seed=seed, device=device, progress=progress, desc=f"diffusion ({config['schedule']})")
 
 
 _DIFFUSION_2D = {"dim": 2, "hidden": 64, "depth": 3, "time_embed_dim": 32, "time_scale": 20.0, "prediction": "eps",
@@ -724,8 +723,8 @@ def _fm_train(model, config, seed, device, progress):
         model.shift.fill_(float(x.mean()))
         model.scale.fill_(float(x.std()))
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-               schedule=config.get("lr_schedule", "cosine"), seed=seed, device=device, progress=progress,
-               desc=f"flow matching ({config['coupling']}, {config['data']})", ema=config.get("ema"))
+               schedule="cosine", seed=seed, device=device, progress=progress,
+               desc=f"flow matching ({config['coupling']}, {config['data']})")
 
 
 def _reflow_train(model, config, seed, device, progress):
