@@ -648,7 +648,7 @@ def _diffusion_build(config: dict) -> nn.Module:
                         time_scale=config["time_scale"])
     return D.Diffusion(net, sched, prediction=config["prediction"], weighting=config["weighting"],
                        data_std=config["data_std"], sampler=config["sampler"], steps=config["sample_steps"],
-                       spacing=config["spacing"])
+                       spacing=config["spacing"], t_power=config.get("t_power", 1.0))
 
 
 def _diffusion_train(model, config, seed, device, progress):
@@ -665,11 +665,15 @@ def _diffusion_train(model, config, seed, device, progress):
 
 _DIFFUSION_2D = {"dim": 2, "hidden": 64, "depth": 3, "time_embed_dim": 32, "time_scale": 20.0, "prediction": "eps",
                  "weighting": "eps", "data_std": 2.0, "steps": 5000, "batch_size": 512, "lr": 3e-3}
-# The headline model: 128x3 and large batches (a sweep of widths, batches, steps and schedules: the linear
-# VP schedule serves the deterministic samplers far better than the cosine one at equal reverse-SDE quality).
+# The headline model: 128x3 (a sweep of widths, batches, steps and schedules: the linear VP schedule serves the
+# deterministic samplers far better than the cosine one at equal reverse-SDE quality). The probability-flow ODE
+# is most sensitive to the score at small t (the exact score on t < 0.15 alone takes its binned KL from 0.057 to
+# 0.019), so the time embedding resolves small t (time_scale 100, was 20), the training times lean towards the
+# data (t_power 1.5) and the budget is 12000 steps of 512 (was 6000 of 1024: 1.4x the compute). Seed 0, 100k
+# samples: Heun at 19 NFE 0.074 -> 0.046, reverse SDE 0.0335 -> 0.0236.
 register("diffusion", "eight_gaussians", _diffusion_build, _diffusion_train,
-         {**_DIFFUSION_2D, "hidden": 128, "steps": 6000, "batch_size": 1024, "schedule": "vp_linear",
-          "sampler": "sde", "sample_steps": 100, "spacing": "uniform"},
+         {**_DIFFUSION_2D, "hidden": 128, "steps": 12000, "batch_size": 512, "time_scale": 100.0, "t_power": 1.5,
+          "schedule": "vp_linear", "sampler": "sde", "sample_steps": 100, "spacing": "uniform"},
          "DDPM / VP-SDE (linear betas), noise prediction, sampled by the reverse SDE (Euler-Maruyama).")
 register("diffusion_ve", "eight_gaussians", _diffusion_build, _diffusion_train,
          {**_DIFFUSION_2D, "schedule": "ve", "schedule_args": {"sigma_min": 0.01, "sigma_max": 10.0},

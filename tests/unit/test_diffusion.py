@@ -134,7 +134,34 @@ def test_learned_model_loss_decreases_and_samples(device):
     assert m.transform(torch.randn(7, 2, device=device)).shape == (7, 2)
 
 
+class _TimeRecorder(torch.nn.Module):
+    """A 'network' that predicts zero noise and keeps the times it was asked about."""
+
+    def __init__(self):
+        super().__init__()
+        self.dim, self.times = 2, []
+
+    def forward(self, x, t):
+        self.times.append(t.detach().reshape(-1).clone())
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("power", [1.0, 1.5, 3.0])
+def test_training_times_follow_t_power(power):
+    """t = t_min + (1 - t_min) u^p: the quartiles of the loss's times are those of u^p."""
+    net = _TimeRecorder()
+    m = D.Diffusion(net, D.Schedule("vp_linear"), t_power=power)
+    torch.manual_seed(0)
+    m.loss(torch.zeros(200_000, 2))
+    t = torch.cat(net.times).double()
+    tm = m.schedule.t_min
+    for q in (0.25, 0.5, 0.75):
+        assert abs(float(t.quantile(q)) - (tm + (1 - tm) * q**power)) < 0.005
+
+
 def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="t_power"):
+        D.Diffusion(D.DenoiserMLP(), t_power=0.0)
     with pytest.raises(ValueError, match="kind"):
         D.Schedule("vp_quadratic")
     with pytest.raises(ValueError, match="sigma_max"):
