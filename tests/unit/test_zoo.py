@@ -149,3 +149,42 @@ def test_get_trains_even_inside_no_grad(tmp_cache):
         m = zoo.get("gmm_k8", device="cpu", progress=False)  # EM: no gradients, must not care
         clf = zoo.get("digits_classifier", dataset="digits", device="cpu", progress=False)
     assert m.history.steps > 0 and clf.history.loss[-1] < clf.history.loss[0]
+
+
+@pytest.fixture
+def two_toy_recipes(toy_recipe):
+    zoo.register("toy_test_wide", "eight_gaussians", _build, _train, {"hidden": 16, "steps": 40}, "a test model")
+    yield [toy_recipe, "toy_test_wide"]
+    zoo._REGISTRY.pop(("toy_test_wide", "eight_gaussians"), None)
+
+
+def test_prefetch_trains_missing_models_in_workers_with_the_weights_of_get(tmp_cache, two_toy_recipes, monkeypatch):
+    monkeypatch.setenv("GENLIB_DEVICE", "cpu")
+    trained = zoo.prefetch(*two_toy_recipes, threads=2, progress=False)
+    assert sorted(trained) == [f"{k} (eight_gaussians)" for k in sorted(two_toy_recipes)]
+    assert all(s > 0 for s in trained.values())
+    for key in two_toy_recipes:
+        path = zoo.cache_path(key)
+        assert path.exists()
+        stamp = path.stat().st_mtime_ns
+        cached = zoo.get(key, device="cpu", progress=False)
+        assert path.stat().st_mtime_ns == stamp  # loaded, not retrained
+        fresh = zoo.get(key, device="cpu", cache=False, progress=False)
+        for a, b in zip(cached.state_dict().values(), fresh.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+        assert cached.history.loss == fresh.history.loss
+    assert zoo.prefetch(*two_toy_recipes, threads=2, progress=False) == {}  # all cached: nothing to do
+
+
+def test_prefetch_leaves_single_models_and_notebook_recipes_to_get(tmp_cache, two_toy_recipes, monkeypatch):
+    monkeypatch.setenv("GENLIB_DEVICE", "cpu")
+    assert zoo.prefetch(*two_toy_recipes, threads=1, progress=False) == {}  # one thread: nothing to share
+    assert zoo.prefetch(two_toy_recipes[0], threads=2, progress=False) == {}  # one model: get trains it
+    zoo.register("toy_test_local", "eight_gaussians", lambda c: _build(c), _train, {"hidden": 8, "steps": 30})
+    try:  # a lambda cannot travel to a worker process
+        assert zoo.prefetch("toy_test_local", two_toy_recipes[0], threads=2, progress=False) == {}
+    finally:
+        zoo._REGISTRY.pop(("toy_test_local", "eight_gaussians"), None)
+    assert not list(tmp_cache.glob("*.pt"))  # nothing was trained
+    with pytest.raises(KeyError, match="no model 'nope'"):
+        zoo.prefetch("nope", two_toy_recipes[0])
