@@ -759,7 +759,7 @@ def _fm_build(config: dict) -> nn.Module:
                         time_embed_dim=config["time_embed_dim"], time_scale=config["time_scale"],
                         path=config["path"], sigma_min=config["sigma_min"], coupling=config["coupling"],
                         reg=config["reg"], source=source, shape=config.get("shape"), shift=config.get("shift", 0.0),
-                        scale=config["scale"], clamp=config.get("clamp"))
+                        scale=config["scale"], clamp=config.get("clamp"), t_power=config.get("t_power", 1.0))
 
 
 def _fm_data(config: dict, seed: int, device):
@@ -782,8 +782,8 @@ def _fm_train(model, config, seed, device, progress):
         model.shift.fill_(float(x.mean()))
         model.scale.fill_(float(x.std()))
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-               schedule="cosine", seed=seed, device=device, progress=progress,
-               desc=f"flow matching ({config['coupling']}, {config['data']})")
+               schedule=config.get("schedule", "cosine"), ema=config.get("ema"), seed=seed, device=device,
+               progress=progress, desc=f"flow matching ({config['coupling']}, {config['data']})")
 
 
 def _reflow_train(model, config, seed, device, progress):
@@ -794,20 +794,24 @@ def _reflow_train(model, config, seed, device, progress):
 
     base = get(config["base"], dataset=config["data"], seed=seed, device=device, progress=progress)
     model.load_state_dict(base.state_dict())
-    x1, x0 = reflow_pairs(base, config["pairs"], steps=config["pair_steps"],
+    x1, x0 = reflow_pairs(base, config["pairs"], steps=config["pair_steps"], method=config.get("pair_method", "euler"),
                           generator=torch.Generator().manual_seed(seed + 1))
     return fit(model, (x1, x0), steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-               schedule="cosine", seed=seed, device=device, progress=progress, desc="reflow")
+               schedule=config.get("schedule", "cosine"), ema=config.get("ema"), seed=seed, device=device,
+               progress=progress, desc="reflow")
 
 
-register("flow_matching", "eight_gaussians", _fm_build, _fm_train, dict(_FM_TOY),
+register("flow_matching", "eight_gaussians", _fm_build, _fm_train,
+         {**_FM_TOY, "steps": 4000, "batch_size": 2048, "schedule": "constant", "ema": 0.999},
          "Conditional flow matching (conditional OT path, independent coupling) on the eight Gaussians.")
 register("ot_cfm", "eight_gaussians", _fm_build, _fm_train, {**_FM_TOY, "coupling": "ot", "batch_size": 256},
          "Flow matching with exact minibatch optimal-transport couplings (ot.emd) on the eight Gaussians.")
 register("reflow", "eight_gaussians", _fm_build, _reflow_train,
-         {**_FM_TOY, "path": "rectified", "sigma_min": 0.0, "base": "flow_matching", "pairs": 20_000,
-          "pair_steps": 100, "steps": 1000, "lr": 1e-3},
-         "Reflow: the flow_matching model rectified once on its own couplings (straight path).")
+         {**_FM_TOY, "path": "rectified", "sigma_min": 0.0, "base": "flow_matching", "pairs": 100_000,
+          "pair_steps": 10, "pair_method": "rk4", "steps": 3000, "batch_size": 2048, "schedule": "constant",
+          "ema": 0.999, "t_power": 3.0},
+         "Reflow: the flow_matching model rectified once on its own couplings (straight path, training times "
+         "t = u^3, leaning to the source).")
 register("ot_cfm", "two_moons", _fm_build, _fm_train,
          {**_FM_TOY, "coupling": "ot", "batch_size": 256, "source": "eight_gaussians", "data": "two_moons",
           "scale": 1.0, "steps": 1000},

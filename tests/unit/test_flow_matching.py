@@ -140,8 +140,34 @@ def test_images_round_trip_shape_and_range():
     assert s.shape == (5, 1, 8, 8) and float(s.min()) >= 0 and float(s.max()) <= 16 and model.last_nfe == 3
 
 
+class _TimeRecorder(torch.nn.Module):
+    """A 'velocity network' that predicts zero and keeps the times it was asked about."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def forward(self, x, t):
+        self.times.append(t.detach().reshape(-1).clone())
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 3.0])
+def test_training_times_follow_t_power(power):
+    """t = u^p: the quartiles of the times the loss uses are q^p (p > 1 leans to the source end t = 0)."""
+    net = _TimeRecorder()
+    model = fm.FlowMatching(2, net=net, t_power=power)
+    torch.manual_seed(0)
+    model.loss(torch.zeros(200_000, 2))
+    t = torch.cat(net.times).double()
+    for q in (0.25, 0.5, 0.75):
+        assert abs(float(t.quantile(q)) - q**power) < 0.005
+
+
 def test_bad_input_errors():
     model = fm.FlowMatching(2, hidden=16, depth=1)
+    with pytest.raises(ValueError, match="t_power"):
+        fm.FlowMatching(2, t_power=0.0)
     with pytest.raises(ValueError, match="coupling: unknown value 'greedy'"):
         fm.FlowMatching(2, coupling="greedy")
     with pytest.raises(ValueError, match="path: unknown value"):
