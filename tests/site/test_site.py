@@ -77,7 +77,10 @@ def build_site() -> subprocess.CompletedProcess:
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", ".", "-W", "-n", "--keep-going"]
     if TOC != ROOT / "_toc.yml" or BUILD != ROOT:
         cmd += ["--toc", str(TOC), "--path-output", str(BUILD)]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    # the kernels must draw inline: the test session's MPLBACKEND=Agg (tests/conftest.py) would leave every
+    # plt.show() without output, a site without figures
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -216,6 +219,30 @@ def check_page(browser, html: Path, page: Path) -> list[str]:
 def test_toc_pages_exist_in_build(site):
     missing = [f for f in toc_files() if not (site / f"{f}.html").exists()]
     assert not missing, f"pages of _toc.yml missing from the build: {missing}"
+
+
+def shown_figures(notebook: Path) -> int:
+    """How many figures a notebook shows at least: its code cells with a top-level ``plt.show()`` (cells whose
+    output is removed from the page excluded)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    return sum(1 for c in nb.cells if c.cell_type == "code" and "remove-output" not in c.metadata.get("tags", [])
+               and re.search(r"^plt\.show\(\)", c.source, re.M))
+
+
+def test_notebook_pages_show_their_figures(site):
+    """Every figure a chapter's notebook draws is an image on its page (none lost to a non-inline backend)."""
+    missing = {}
+    for f in toc_files():
+        nb = ROOT / f"{f}.ipynb"
+        if not nb.exists():
+            continue
+        expected = shown_figures(nb)
+        images = len(re.findall(r'<img[^>]+src="[^"]*_images/', (site / f"{f}.html").read_text()))
+        if images < expected:
+            missing[f] = f"{images} image(s) for {expected} figure cell(s)"
+    assert not missing, f"pages without their figures: {missing}"
 
 
 def test_every_page_in_browser(site, browser, capsys):
