@@ -134,22 +134,10 @@ def test_learned_model_loss_decreases_and_samples(device):
     assert m.transform(torch.randn(7, 2, device=device)).shape == (7, 2)
 
 
-class _TimeRecorder(torch.nn.Module):
-    """A 'network' that predicts zero noise and keeps the times it was asked about."""
-
-    def __init__(self):
-        super().__init__()
-        self.dim, self.times = 2, []
-
-    def forward(self, x, t):
-        self.times.append(t.detach().reshape(-1).clone())
-        return torch.zeros_like(x)
-
-
 @pytest.mark.parametrize("power", [1.0, 1.5, 3.0])
-def test_training_times_follow_t_power(power):
+def test_training_times_follow_t_power(power, time_recorder):
     """t = t_min + (1 - t_min) u^p: the quartiles of the loss's times are those of u^p."""
-    net = _TimeRecorder()
+    net = time_recorder
     m = D.Diffusion(net, D.Schedule("vp_linear"), t_power=power)
     torch.manual_seed(0)
     m.loss(torch.zeros(200_000, 2))

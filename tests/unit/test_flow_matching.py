@@ -140,22 +140,10 @@ def test_images_round_trip_shape_and_range():
     assert s.shape == (5, 1, 8, 8) and float(s.min()) >= 0 and float(s.max()) <= 16 and model.last_nfe == 3
 
 
-class _TimeRecorder(torch.nn.Module):
-    """A 'velocity network' that predicts zero and keeps the times it was asked about."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def forward(self, x, t):
-        self.times.append(t.detach().reshape(-1).clone())
-        return torch.zeros_like(x)
-
-
 @pytest.mark.parametrize("power", [1.0, 2.0, 3.0])
-def test_training_times_follow_t_power(power):
+def test_training_times_follow_t_power(power, time_recorder):
     """t = u^p: the quartiles of the times the loss uses are q^p (p > 1 leans to the source end t = 0)."""
-    net = _TimeRecorder()
+    net = time_recorder
     model = fm.FlowMatching(2, net=net, t_power=power)
     torch.manual_seed(0)
     model.loss(torch.zeros(200_000, 2))
