@@ -364,19 +364,25 @@ def _vqvae_train(model, config, seed, device, progress):
     return train_vqvae(model, config, seed, device, progress)
 
 
+# The ELBO-trained model: the chapter's comparison, and the base of its beta variants.
+_VAE8_ELBO = {"data": "eight_gaussians", "data_shape": [2], "latent_dim": 2, "hidden": 128, "depth": 3,
+              "activation": "silu", "likelihood": "gaussian", "beta": 1.0, "decoder_std": None, "min_logvar": -9.0,
+              "train_k": 1, "kl_warmup": 1000, "steps": 3000, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
+              "desc": "VAE (eight Gaussians)"}
+# The headline model trains on the importance-weighted bound with k = 8 (and the same KL warm-up, applied
+# inside the weights): binned KL 0.34 with the ELBO, 0.054 with it (seed 0).
 register("vae", "eight_gaussians", _vae_build, _vae_train,
-         {"data": "eight_gaussians", "data_shape": [2], "latent_dim": 2, "hidden": 128, "depth": 3,
-          "activation": "silu", "likelihood": "gaussian", "beta": 1.0, "decoder_std": None, "min_logvar": -9.0,
-          "train_k": 1, "kl_warmup": 1000, "steps": 3000, "batch_size": 128, "lr": 2e-3, "schedule": "cosine",
-          "desc": "VAE (eight Gaussians)"},
-         "VAE with a 2-D latent, learned decoder variance and KL warm-up on the eight Gaussians.")
-_VAE8_CONFIG = dict(_REGISTRY[("vae", "eight_gaussians")].config)
+         {**_VAE8_ELBO, "train_k": 8, "steps": 6000, "desc": "VAE, IW bound k = 8 (eight Gaussians)"},
+         "VAE with a 2-D latent and learned decoder variance on the eight Gaussians, trained on the "
+         "importance-weighted bound (k = 8) with KL warm-up.")
+register("vae_elbo", "eight_gaussians", _vae_build, _vae_train, _VAE8_ELBO,
+         "The same VAE trained on the ELBO (KL warm-up), for comparison.")
 register("vae_beta_0.3", "eight_gaussians", _vae_build, _vae_train,
-         {**_VAE8_CONFIG, "beta": 0.3, "desc": "VAE, beta = 0.3"},
-         "The headline VAE trained with beta = 0.3 (holes in the aggregate posterior).")
+         {**_VAE8_ELBO, "beta": 0.3, "desc": "VAE, beta = 0.3"},
+         "The ELBO-trained VAE with beta = 0.3 (holes in the aggregate posterior).")
 register("vae_beta_3", "eight_gaussians", _vae_build, _vae_train,
-         {**_VAE8_CONFIG, "beta": 3.0, "desc": "VAE, beta = 3"},
-         "The headline VAE trained with beta = 3 (overlapping posteriors, blur).")
+         {**_VAE8_ELBO, "beta": 3.0, "desc": "VAE, beta = 3"},
+         "The ELBO-trained VAE with beta = 3 (overlapping posteriors, blur).")
 _VAE_DIGITS = {"data": "digits", "data_shape": [1, 8, 8], "latent_dim": 8, "hidden": 256, "depth": 2,
                "activation": "silu", "likelihood": "categorical", "beta": 1.0, "decoder_std": None,
                "min_logvar": -9.0, "train_k": 1, "kl_warmup": 500, "steps": 2000, "batch_size": 128, "lr": 2e-3,
@@ -514,8 +520,8 @@ def _flow_train(model, config, seed, device, progress):
 
     x = _toy_train_set(config, seed, device)
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-               schedule=config["schedule"], seed=seed, progress=progress, loss_fn=_jittered(config, seed, x),
-               desc=f"coupling flow ({config['n_layers']} layers)")
+               schedule=config["schedule"], ema=config.get("ema"), seed=seed, progress=progress,
+               loss_fn=_jittered(config, seed, x), desc=f"coupling flow ({config['n_layers']} layers)")
 
 
 register("flow", "eight_gaussians", _flow_build, _flow_train, _FLOW_8G,

@@ -167,7 +167,8 @@ class VAE(_Coder):
       The two discrete likelihoods give proper discrete log-probabilities, so the ELBO bounds log P(x)
       of the integer image.
     - ``beta`` weights the KL term of the training loss (``beta = 1``: the ELBO);
-    - ``train_k > 1`` trains on the importance-weighted bound with that many samples (IWAE).
+    - ``train_k > 1`` trains on the importance-weighted bound with that many samples (IWAE); a KL warm-up
+      then scales log p(z) / q(z | x) inside the weights by beta.
 
     ``sample(n)`` draws z from the prior and decodes; with ``sample_noise=True`` it then draws x from
     ``p_theta(x | z)`` (the model's full distribution), otherwise it returns the decoder mean.
@@ -291,30 +292,32 @@ class VAE(_Coder):
         """The negative beta-weighted ELBO averaged over the batch: -E_q[log p(x|z)] + beta KL.
 
         With ``train_k > 1`` the model trains on the importance-weighted bound with k = train_k samples
-        instead (the IWAE objective; beta is then not used).
+        instead (the IWAE objective), beta weighting log p(z) / q(z | x) inside the weights (beta = 1: the bound).
         """
         if self.train_k > 1:
-            return -self.iw_bound(x, k=self.train_k, chunk=x.shape[0]).mean()
+            return -self.iw_bound(x, k=self.train_k, chunk=x.shape[0], beta=self.beta).mean()
         rec, kl = self.elbo_terms(x)
         return (self.beta * kl - rec).mean()
 
     def iw_bound(self, x: torch.Tensor, k: int = 64, generator: torch.Generator | None = None,
-                 chunk: int = 256) -> torch.Tensor:
+                 chunk: int = 256, beta: float = 1.0) -> torch.Tensor:
         """The importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q_phi(z | x), per example.
 
         k = 1 is the ELBO (in expectation); the bound increases with k towards log p_theta(x). Examples are
-        processed in chunks of at most `chunk`, fewer when k is large, to bound the memory.
+        processed in chunks of at most `chunk`, fewer when k is large, to bound the memory. ``beta < 1`` weights
+        log p(z) / q(z | x) inside the weights by beta (the KL warm-up of IWAE training; not a bound then).
         """
         x = self._check_x(x)
         check_positive_int("k", k)
         check_positive_int("chunk", chunk)
+        beta = check_positive_float("beta", beta, allow_zero=True)
         chunk = max(1, min(chunk, 2_000_000 // (k * self._out_dim)))
         out = []
         for xc in x.split(chunk):
             mu, logvar = self.posterior(xc)
             z = self.reparameterise(mu, logvar, k=k, generator=generator)  # (k, B, d_z)
-            log_w = (self.log_likelihood(xc, z) + gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
-                     - gaussian_log_prob(z, mu, logvar))
+            log_w = self.log_likelihood(xc, z) + beta * (gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+                                                         - gaussian_log_prob(z, mu, logvar))
             out.append(torch.logsumexp(log_w, 0) - math.log(k))
         return torch.cat(out)
 
@@ -585,8 +588,8 @@ def train_vae(model: VAE, config: dict, seed: int, device, progress: bool = True
     final_beta = float(config.get("beta", 1.0))
     callback = _beta_warmup(model, final_beta, int(config.get("kl_warmup", 0)))
     history = fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-                  schedule=config.get("schedule", "cosine"), seed=seed, progress=progress, callback=callback,
-                  desc=config.get("desc", "VAE"))
+                  schedule=config.get("schedule", "cosine"), ema=config.get("ema"), seed=seed, progress=progress,
+                  callback=callback, desc=config.get("desc", "VAE"))
     model.beta = final_beta
     return history
 
