@@ -40,6 +40,7 @@ __all__ = [
     "w2_reference",
     "mmd",
     "mode_stats",
+    "mode_distance",
     "sampling_cost",
     "evaluate",
     "DigitsClassifier",
@@ -243,6 +244,24 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> fl
     return float(sxx + syy - 2 * kxy.mean())
 
 
+def _scaled_distances(samples: torch.Tensor, mix):
+    """Yield (start, distances of samples[start:start + chunk] to every centre of `mix`, in units of its std)."""
+    chunk = max(1, 4_000_000 // mix.means.shape[0])
+    for i in range(0, samples.shape[0], chunk):
+        yield i, torch.cdist(samples[i:i + chunk], mix.means) / mix.std
+
+
+def mode_distance(samples: torch.Tensor, dataset: str = DEFAULT_DATASET) -> torch.Tensor:
+    """Each sample's distance to the nearest centre of the data set's mixture, in units of its standard deviation
+    (float64, CPU): the protocol counts a sample as on a mode when it is below 3."""
+    samples = check_tensor("samples", samples, ndim=2, last_dim=2).detach().cpu().double()
+    mix = _data.toy_density(dataset)
+    out = torch.empty(samples.shape[0], dtype=torch.float64)
+    for i, d in _scaled_distances(samples, mix):
+        out[i:i + d.shape[0]] = d.min(1).values
+    return out
+
+
 def mode_stats(samples: torch.Tensor, min_fraction: float = 0.01, radius_std: float = 3.0,
                dataset: str = DEFAULT_DATASET) -> dict:
     """Modes covered (a mode counts when at least 1% of samples lie within 3 std of it) and the fraction
@@ -250,11 +269,10 @@ def mode_stats(samples: torch.Tensor, min_fraction: float = 0.01, radius_std: fl
     samples = check_tensor("samples", samples, ndim=2, last_dim=2).detach().cpu().double()
     mix = _data.toy_density(dataset)
     near = torch.zeros(samples.shape[0], mix.n_modes, dtype=torch.float64)
-    chunk = max(1, 4_000_000 // mix.means.shape[0])
-    for i in range(0, samples.shape[0], chunk):
-        close = (torch.cdist(samples[i:i + chunk], mix.means) < radius_std * mix.std).double()
+    for i, d in _scaled_distances(samples, mix):
+        close = (d < radius_std).double()
         index = mix.modes.expand(close.shape[0], -1)
-        near[i:i + chunk] = near[i:i + chunk].scatter_reduce(1, index, close, reduce="amax")
+        near[i:i + d.shape[0]] = near[i:i + d.shape[0]].scatter_reduce(1, index, close, reduce="amax")
     per_mode = near.mean(0)
     return {
         "modes_covered": int((per_mode >= min_fraction).sum()),

@@ -526,8 +526,8 @@ def _flow_train(model, config, seed, device, progress):
 
     x = _toy_train_set(config, seed, device)
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-               schedule=config["schedule"], ema=config.get("ema"), seed=seed, progress=progress,
-               loss_fn=_jittered(config, seed, x), desc=f"coupling flow ({config['n_layers']} layers)")
+               schedule=config["schedule"], seed=seed, progress=progress, loss_fn=_jittered(config, seed, x),
+               desc=f"coupling flow ({config['n_layers']} layers)")
 
 
 register("flow", "eight_gaussians", _flow_build, _flow_train, _FLOW_8G,

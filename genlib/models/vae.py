@@ -588,8 +588,8 @@ def train_vae(model: VAE, config: dict, seed: int, device, progress: bool = True
     final_beta = float(config.get("beta", 1.0))
     callback = _beta_warmup(model, final_beta, int(config.get("kl_warmup", 0)))
     history = fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-                  schedule=config.get("schedule", "cosine"), ema=config.get("ema"), seed=seed, progress=progress,
-                  callback=callback, desc=config.get("desc", "VAE"))
+                  schedule=config.get("schedule", "cosine"), seed=seed, progress=progress, callback=callback,
+                  desc=config.get("desc", "VAE"))
     model.beta = final_beta
     return history
 

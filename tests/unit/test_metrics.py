@@ -84,6 +84,16 @@ class _TrueModel(torch.nn.Module):
         return self.mix.log_prob(x.double()).float()
 
 
+
+@pytest.mark.parametrize("dataset", ["eight_gaussians", "two_moons"])
+def test_mode_distance_agrees_with_mode_stats(dataset):
+    x = 2.5 * torch.randn(5000, 2, generator=torch.Generator().manual_seed(0))
+    d = metrics.mode_distance(x, dataset=dataset)
+    assert d.shape == (5000,) and bool((d >= 0).all())
+    assert float((d < 3).double().mean()) == metrics.mode_stats(x, dataset=dataset)["on_mode"]
+    mix = data.toy_density(dataset)
+    assert float(metrics.mode_distance(mix.means[:3].float(), dataset=dataset).abs().max()) < 1e-6
+
 def test_evaluate_runs_the_protocol_on_a_perfect_model():
     out = metrics.evaluate(_TrueModel())
     assert out["binned_kl"] < 0.007
