@@ -30,7 +30,8 @@ from ..nn import MLP, ConvDecoder, ConvEncoder
 from ..train import History, TrainingDiverged, batches, progress_bar
 
 __all__ = ["LOSSES", "GAN", "mlp_gan", "dcgan", "critic_loss", "generator_loss", "gradient_penalty",
-           "clip_weights", "optimal_discriminator", "fit", "mode_monitor", "snapshots", "train_recipe"]
+           "clip_weights", "optimal_discriminator", "fit", "mode_monitor", "snapshots", "train_recipe",
+           "DensityRatio", "RejectionSampler", "rejection_sampler", "fit_rejection"]
 
 LOSSES = ("minimax", "ns", "wgan_clip", "wgan_gp")
 
@@ -487,4 +488,153 @@ def train_recipe(model: GAN, x, config: dict, seed: int, progress: bool, desc: s
                   seed=seed, callback=monitor, progress=progress, desc=desc)
     if monitor is not None and config.get("ema"):
         monitor.record(config["steps"], model, history)  # a last record: the averaged generator, as returned
+    return history
+
+
+# ------------------------------------------------------------------------------------------ rejection
+
+
+class DensityRatio(nn.Module):
+    """A classifier between data (label 1) and a generator's samples (label 0) whose logit estimates
+    log p_data(x) / p_theta(x): at the optimum of the logistic loss with balanced classes the discriminator
+    is D* = p_data / (p_data + p_theta), and logit D* is exactly that log-ratio.
+
+    ``net`` maps normalised points u = (x - shift) / scale (B, *data_shape) to one logit per point. The loss
+    draws a fresh batch of generated points for every batch of data, so the generator side is never overfitted.
+    """
+
+    def __init__(self, net: nn.Module, gan: GAN):
+        super().__init__()
+        self.net = net
+        object.__setattr__(self, "gan", gan)  # a reference, not a submodule: only `net` is trained and saved here
+        self.generator: torch.Generator | None = None  # set by fit_rejection for reproducible fake batches
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The estimated log p_data(x) / p_theta(x), shape (B,)."""
+        x = check_tensor("x", x, ndim=1 + len(self.gan.data_shape))
+        u = (x - self.gan.shift) / self.gan.scale
+        return self.net(u).reshape(x.shape[0])
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The logistic loss: -log sigmoid(l(x)) on the data, -log(1 - sigmoid(l(G(z)))) on as many samples."""
+        fake = self.gan.sample(x.shape[0], generator=self.generator)
+        return F.softplus(-self(x)).mean() + F.softplus(self(fake)).mean()
+
+
+class RejectionSampler(nn.Module):
+    """A trained GAN whose samples are corrected by discriminator rejection sampling (Azadi et al., 2019):
+    G(z) is kept with probability min(1, r(x) / M), r = exp(ratio(x)) the estimated p_data / p_theta and M a cap.
+
+    Were the ratio exact and M its maximum, the kept points would follow p_data exactly (rejection sampling
+    with proposal p_theta); M is set to a high quantile of r under the generator (``calibrate``), which
+    trades a little of that exactness at the rare points above it for a usable acceptance rate. There is no
+    deterministic map from noise to samples (which z survive is random) and no log-density.
+    """
+
+    def __init__(self, gan: GAN, ratio_net: nn.Module, quantile: float = 0.99):
+        super().__init__()
+        if not 0.0 < quantile <= 1.0:
+            raise ValueError(f"quantile: expected a value in (0, 1], got {quantile}")
+        self.gan = gan
+        self.ratio = DensityRatio(ratio_net, gan)
+        self.quantile = float(quantile)
+        self.register_buffer("log_cap", torch.tensor(float("nan")))
+        self.register_buffer("acceptance_rate", torch.tensor(float("nan")))
+        self.last_nfe: float = 0
+        self.max_rounds = 100
+
+    @torch.no_grad()
+    def calibrate(self, n: int = 20_000, generator: torch.Generator | None = None) -> float:
+        """Set log M to the ``quantile`` of the log-ratio over n generated points; returns the expected
+        acceptance rate E_{p_theta} min(1, r / M), measured on the same points."""
+        check_positive_int("n", n)
+        log_r = self.ratio(self.gan.sample(n, generator=generator))
+        if not torch.isfinite(log_r).all():
+            raise TrainingDiverged("the density-ratio classifier returns non-finite logits on generated points")
+        self.log_cap.fill_(float(torch.quantile(log_r.float(), self.quantile)))
+        self.acceptance_rate.fill_(float(self.accept_probability_from_log_ratio(log_r).mean()))
+        return float(self.acceptance_rate)
+
+    def accept_probability_from_log_ratio(self, log_r: torch.Tensor) -> torch.Tensor:
+        """min(1, r / M) for log-ratios log r."""
+        if torch.isnan(self.log_cap):
+            raise RuntimeError("the rejection sampler is not calibrated: call calibrate() (fit_rejection does)")
+        return torch.exp((log_r - self.log_cap).clamp(max=0.0))
+
+    @torch.no_grad()
+    def accept_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """The probability min(1, r(x) / M) that a generated point x is kept, shape (B,)."""
+        return self.accept_probability_from_log_ratio(self.ratio(x))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples: batches of G(z) proposals, each kept with probability min(1, r / M), until n are kept.
+
+        ``last_nfe`` is the network evaluations per returned sample (generator and classifier on every
+        proposal), 2 / acceptance rate on average."""
+        check_positive_int("n", n)
+        if torch.isnan(self.log_cap):
+            raise RuntimeError("the rejection sampler is not calibrated: call calibrate() (fit_rejection does)")
+        rate = float(self.acceptance_rate)
+        kept, total, proposals = [], 0, 0
+        for _ in range(self.max_rounds):
+            m = max(64, math.ceil(1.02 * (n - total) / max(rate, 1e-3)))
+            x = self.gan.sample(m, generator=generator)
+            u = torch.rand(m, generator=generator, device=x.device, dtype=x.dtype) if generator is not None \
+                else torch.rand(m, device=x.device, dtype=x.dtype)
+            keep = u < self.accept_probability(x)
+            proposals += m
+            kept.append(x[keep])
+            total += int(keep.sum())
+            if total >= n:
+                break
+        else:
+            raise RuntimeError(f"rejection sampling kept {total} of {proposals} proposals in {self.max_rounds} "
+                               f"rounds (fewer than the {n} asked for): the classifier rejects almost everything")
+        self.last_nfe = 2 * proposals / n
+        return torch.cat(kept)[:n]
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            "rejection sampling from a GAN has no likelihood: p_theta(x) r(x) / M is known only up to the GAN's "
+            "own density, which does not exist in closed form; use sample(n) and sample-based metrics")
+
+    log_prob.not_implemented = True
+
+
+def rejection_sampler(model: GAN, hidden: int = 128, depth: int = 3, quantile: float = 0.99,
+                      seed: int = 0) -> RejectionSampler:
+    """A rejection sampler around a trained unconditional GAN, with a fresh (untrained) MLP density-ratio
+    classifier initialised from `seed`; train it with :func:`fit_rejection`."""
+    if not isinstance(model, GAN):
+        raise TypeError(f"model: expected a GAN, got {type(model).__name__}")
+    if model.n_classes:
+        raise ValueError("model: rejection sampling here is for unconditional GANs")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = MLP(math.prod(model.data_shape), 1, hidden=hidden, depth=depth, activation="silu")
+    return RejectionSampler(model, net, quantile=quantile).to(model.shift.device)
+
+
+def fit_rejection(sampler: RejectionSampler, data: torch.Tensor, *, steps: int = 8000, batch_size: int = 256,
+                  lr: float = 1e-3, ema: float | None = 0.99, seed: int = 0, progress: bool = True,
+                  desc: str | None = None) -> History:
+    """Discriminator rejection sampling for a trained (frozen) GAN: train the sampler's classifier between
+    `data` and fresh generator samples by logistic regression (:func:`genlib.train.fit`), then calibrate
+    its cap. Returns the classifier's training history."""
+    from ..train import fit as fit_loss
+
+    if not isinstance(sampler, RejectionSampler):
+        raise TypeError(f"sampler: expected a RejectionSampler, got {type(sampler).__name__}")
+    data = check_tensor("data", data, ndim=1 + len(sampler.gan.data_shape))
+    if tuple(data.shape[1:]) != sampler.gan.data_shape:
+        raise ValueError(f"data: expected points of shape {sampler.gan.data_shape}, got {tuple(data.shape[1:])}")
+    device = sampler.gan.shift.device
+    sampler.ratio.generator = torch.Generator(device=device).manual_seed(seed + 1)
+    try:
+        history = fit_loss(sampler.ratio, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema=ema,
+                           progress=progress, desc=desc or "density-ratio classifier")
+    finally:
+        sampler.ratio.generator = None
+    sampler.calibrate(generator=torch.Generator(device=device).manual_seed(seed + 2))
     return history

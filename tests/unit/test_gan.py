@@ -215,8 +215,108 @@ def test_bad_inputs():
 
 
 def test_zoo_recipes_registered():
-    for key in ("gan", "gan_minimax", "gan_ns", "wgan_clip", "wgan_gp"):
+    for key in ("gan", "gan_minimax", "gan_ns", "wgan_clip", "wgan_gp"):  # gan: the wgan_gp generator + rejection
         r = genlib.zoo.recipe(key)
         assert r.config["loss"] in gan.LOSSES and "steps" in r.config
     assert genlib.zoo.recipe("dcgan", "digits").config["n_classes"] == 0
     assert genlib.zoo.recipe("cgan", "digits").config["n_classes"] == 10
+
+
+# ------------------------------------------------------------------------------------------ rejection
+
+
+class _ExactLogRatio(torch.nn.Module):
+    """log N(u; m, s^2 I) - log N(u; 0, I) in 2-D: the exact log-ratio of a target to the identity generator."""
+
+    def __init__(self, m, s):
+        super().__init__()
+        self.register_buffer("m", torch.as_tensor(m, dtype=torch.float32))
+        self.s = s
+
+    def forward(self, u):
+        return (-((u - self.m) ** 2).sum(1) / (2 * self.s**2) - 2 * math.log(self.s) + (u**2).sum(1) / 2)[:, None]
+
+
+def _identity_gan(device):
+    """A GAN whose generator is the identity on 2-D noise: p_theta = N(0, I), known exactly."""
+    return gan.GAN(torch.nn.Identity(), torch.nn.Linear(2, 1), latent_dim=2, data_shape=(2,)).to(device)
+
+
+def test_rejection_with_the_exact_ratio_recovers_the_target(device):
+    """With r = p_data / p_theta known and the cap at its maximum, the kept proposals follow p_data and the
+    acceptance rate is 1 / max r (rejection sampling)."""
+    m, s = torch.tensor([0.6, -0.3]), 0.5
+    sampler = gan.RejectionSampler(_identity_gan(device), _ExactLogRatio(m, s), quantile=1.0).to(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    rate = sampler.calibrate(200_000, generator=g)
+    # max of log r: gradient -(x - m)/s^2 + x = 0 at x* = m / (1 - s^2)
+    x_star = m / (1 - s**2)
+    log_max = float(_ExactLogRatio(m, s)(x_star[None])[0, 0])
+    assert rate == pytest.approx(math.exp(-log_max), rel=0.05)
+    x = sampler.sample(20_000, generator=g)
+    assert x.shape == (20_000, 2) and x.device.type == device.type
+    assert torch.allclose(x.mean(0).cpu(), m, atol=0.02)
+    assert torch.allclose(x.std(0).cpu(), torch.full((2,), s), atol=0.02)
+    # two networks per proposal, and the proposals of the last round beyond the n kept are paid for too
+    assert 0.97 * 2 / rate < sampler.last_nfe < 1.1 * 2 / rate
+    # without the correction the proposals are far from the target: the test can fail
+    assert sampler.gan.sample(20_000, generator=g).std(0).min() > 0.9
+
+
+def test_fit_rejection_learns_the_log_ratio(device):
+    """The classifier's logit approaches the true log-ratio where the data are, and the sampler's points
+    move from the proposal N(0, I) towards the data's N(m, 0.5^2 I)."""
+    genlib.seed(0)
+    m, s = torch.tensor([0.6, -0.3]), 0.5
+    data = (m + s * torch.randn(2000, 2)).to(device)
+    sampler = gan.rejection_sampler(_identity_gan(device), hidden=32, depth=2, seed=0)
+    hist = gan.fit_rejection(sampler, data, steps=1500, batch_size=256, lr=3e-3, progress=False)
+    assert len(hist.loss) == 1500 and hist.loss[-1] < hist.loss[0]
+    probe = (m + s * torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))).to(device)
+    with torch.no_grad():
+        learned = sampler.ratio(probe).cpu()
+    exact = _ExactLogRatio(m, s)(probe.cpu())[:, 0]
+    assert (learned - exact).abs().median() < 0.3
+    x = sampler.sample(10_000, generator=torch.Generator(device=device).manual_seed(2)).cpu()
+    assert torch.allclose(x.mean(0), m, atol=0.1)
+    assert (x.std(0) - s).abs().max() < 0.1
+    assert 0 < float(sampler.acceptance_rate) < 1
+
+
+def test_rejection_bad_inputs():
+    model = gan.mlp_gan(hidden=8, depth=1)
+    with pytest.raises(ValueError, match=r"quantile: expected a value in \(0, 1\]"):
+        gan.rejection_sampler(model, quantile=0.0)
+    sampler = gan.rejection_sampler(model, hidden=8, depth=1)
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        sampler.sample(3)
+    with pytest.raises(NotImplementedError, match="no likelihood"):
+        sampler.log_prob(torch.zeros(3, 2))
+    with pytest.raises(TypeError, match="model: expected a GAN"):
+        gan.rejection_sampler(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="for unconditional GANs"):
+        gan.rejection_sampler(gan.dcgan(latent_dim=4, channels=8, n_classes=10))
+    with pytest.raises(TypeError, match="sampler: expected a RejectionSampler"):
+        gan.fit_rejection(model, torch.zeros(10, 2))
+    with pytest.raises(ValueError, match=r"data: expected points of shape \(2,\), got \(3,\)"):
+        gan.fit_rejection(sampler, torch.zeros(10, 3), steps=1, progress=False)
+    with pytest.raises(ValueError, match="data: contains 1 NaN"):
+        bad = torch.zeros(10, 2)
+        bad[3, 1] = float("nan")
+        gan.fit_rejection(sampler, bad, steps=1, progress=False)
+    sampler.calibrate(1000)
+    sampler.log_cap.fill_(1e4)  # a cap no point reaches: every proposal is rejected
+    with pytest.raises(RuntimeError, match=r"kept 0 of \d+ proposals in 100 rounds"):
+        sampler.sample(10)
+    with torch.no_grad():
+        next(sampler.ratio.net.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="non-finite logits"):
+        sampler.calibrate(100)
+
+
+def test_zoo_gan_is_the_wgan_gp_generator_with_rejection():
+    r, base = genlib.zoo.recipe("gan"), genlib.zoo.recipe("wgan_gp")
+    drop = ("desc", "variant", "rejection")
+    assert {k: v for k, v in r.config.items() if k not in drop} == {
+        k: v for k, v in base.config.items() if k not in drop}
+    assert r.config["rejection"]["steps"] > 0 and isinstance(r.build(dict(r.config)), gan.RejectionSampler)
