@@ -225,11 +225,19 @@ def _as_map(model: torch.nn.Module):
             return fn(z, u=u)
         return "$k \\sim \\pi$, $z \\sim \\mathcal{N}(0, I)$", None, mixture_map
 
-    def latent_map(z):
+    def latent(z):
         if dim > 2:  # a 2-D slice of a larger latent space
             z = torch.cat([z, torch.zeros(z.shape[0], dim - 2, dtype=z.dtype, device=z.device)], 1)
-        return fn(z)
-    return ("$z \\sim \\mathcal{N}(0, I)$" + (f" (2 of {dim} dims)" if dim > 2 else "")), None, latent_map
+        return z
+
+    label = "$z \\sim \\mathcal{N}(0, I)$" + (f" (2 of {dim} dims)" if dim > 2 else "")
+    if "u" in params:  # a map, then a random filter (rejection sampling): u decides which points are kept
+        def filtered(z, u=None):
+            u = torch.rand(z.shape[0], generator=torch.Generator().manual_seed(1)).to(z) if u is None else u
+            return fn(latent(z), u)
+        filtered.grid_map = lambda z: fn(latent(z), torch.zeros(z.shape[0]).to(z))  # the map before the filter
+        return label + ", kept if $u < a(x)$", None, filtered
+    return label, None, lambda z: fn(latent(z))
 
 
 def unified_view(models: dict[str, torch.nn.Module], data: torch.Tensor, n: int = 1500, seed: int = 0):
@@ -265,8 +273,8 @@ def unified_view(models: dict[str, torch.nn.Module], data: torch.Tensor, n: int 
                 if getattr(model, "n_components", None) and "k" in inspect.signature(model.transform).parameters:
                     mapped = [model.transform(line.to(device), k).float().cpu()
                               for k in range(model.n_components) for line in ll[:4]]
-                else:
-                    mapped = [T(line.to(device)).float().cpu() for line in ll]
+                else:  # a filtered map shows the grid's image before its filter
+                    mapped = [getattr(T, "grid_map", T)(line.to(device)).float().cpu() for line in ll]
                 base = (zz, ll)
         if base is not None:
             pts, ll = base

@@ -527,8 +527,8 @@ class RejectionSampler(nn.Module):
 
     Were the ratio exact and M its maximum, the kept points would follow p_data exactly (rejection sampling
     with proposal p_theta); M is set to a high quantile of r under the generator (``calibrate``), which
-    trades a little of that exactness at the rare points above it for a usable acceptance rate. There is no
-    deterministic map from noise to samples (which z survive is random) and no log-density.
+    trades a little of that exactness at the rare points above it for a usable acceptance rate. Which z survive
+    is decided by a second noise u ~ U(0, 1) per proposal (``transform(z, u)``); there is no log-density.
     """
 
     def __init__(self, gan: GAN, ratio_net: nn.Module, quantile: float = 0.99):
@@ -593,6 +593,22 @@ class RejectionSampler(nn.Module):
                                f"rounds (fewer than the {n} asked for): the classifier rejects almost everything")
         self.last_nfe = 2 * proposals / n
         return torch.cat(kept)[:n]
+
+    def transform(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The sampler as a deterministic map of its base noise (z, u), z ~ N(0, I) and u ~ U(0, 1) per point:
+        G(z) where u < min(1, r(G(z)) / M), NaN (rejected) elsewhere."""
+        u = check_tensor("u", u, ndim=1)
+        if u.shape[0] != z.shape[0]:
+            raise ValueError(f"u: expected one uniform per noise vector ({z.shape[0]}), got {u.shape[0]}")
+        with torch.no_grad():
+            x = self.gan.transform(z)
+            keep = (u.to(x) < self.accept_probability(x)).view(-1, *[1] * len(self.gan.data_shape))
+            return torch.where(keep, x, torch.full_like(x, float("nan")))
+
+    @property
+    def latent_dim(self) -> int:
+        """The dimension of the generator's noise z."""
+        return self.gan.latent_dim
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(

@@ -259,6 +259,15 @@ def test_rejection_with_the_exact_ratio_recovers_the_target(device):
     assert torch.allclose(x.std(0).cpu(), torch.full((2,), s), atol=0.02)
     # two networks per proposal, and the proposals of the last round beyond the n kept are paid for too
     assert 0.97 * 2 / rate < sampler.last_nfe < 1.1 * 2 / rate
+    # the same filter as a deterministic map of (z, u): G(z) where u < min(1, r / M), NaN where rejected
+    z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(4)).to(device)
+    u = torch.rand(1000, generator=torch.Generator().manual_seed(5)).to(device)
+    xz = sampler.transform(z, u)
+    kept = u < sampler.accept_probability(z)
+    assert torch.equal(xz[kept], z[kept]) and xz[~kept].isnan().all() and 0 < kept.sum() < 1000
+    assert torch.equal(sampler.transform(z, torch.zeros_like(u)), z)  # u = 0 keeps everything
+    with pytest.raises(ValueError, match="u: expected one uniform per noise vector"):
+        sampler.transform(z, u[:5])
     # without the correction the proposals are far from the target: the test can fail
     assert sampler.gan.sample(20_000, generator=g).std(0).min() > 0.9
 

@@ -82,3 +82,24 @@ def test_unified_view_draws_one_row_per_model():
     with pytest.raises(TypeError, match="models"):
         plot.unified_view([gmm], x)
     plt.close("all")
+
+
+def test_unified_view_of_a_filtered_map():
+    """A rejection sampler: the middle panel shows its generator's grid image (before the filter), the right
+    panel only the kept points (about the acceptance rate of the noise)."""
+    from genlib.models import gan
+
+    g = gan.GAN(torch.nn.Identity(), torch.nn.Linear(2, 1), latent_dim=2, data_shape=(2,))
+    sampler = gan.RejectionSampler(g, torch.nn.Linear(2, 1))
+    with torch.no_grad():  # log r(u) = -u_0: the filter keeps points on the left
+        sampler.ratio.net.weight.copy_(torch.tensor([[-1.0, 0.0]]))
+        sampler.ratio.net.bias.zero_()
+    sampler.calibrate(5000)
+    fig = plot.unified_view({"rejection": sampler}, data.eight_gaussians(200, seed=0), n=2000)
+    grid_lines = fig.axes[1].lines
+    assert grid_lines and all(not np.isnan(line.get_xydata()).any() for line in grid_lines)  # the whole grid
+    kept = fig.axes[2].collections[-1].get_offsets()
+    kept = kept[~np.isnan(np.asarray(kept)).any(1)]
+    assert abs(len(kept) / 2000 - float(sampler.acceptance_rate)) < 0.05
+    assert np.asarray(kept)[:, 0].mean() < -0.3  # the kept points lean to the left
+    plt.close("all")
