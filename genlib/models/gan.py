@@ -513,7 +513,7 @@ class DensityRatio(nn.Module):
         """The estimated log p_data(x) / p_theta(x), shape (B,)."""
         x = check_tensor("x", x, ndim=1 + len(self.gan.data_shape))
         u = (x - self.gan.shift) / self.gan.scale
-        return self.net(u).reshape(x.shape[0])
+        return self.net(u.flatten(1)).reshape(x.shape[0])
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """The logistic loss: -log sigmoid(l(x)) on the data, -log(1 - sigmoid(l(G(z)))) on as many samples."""

@@ -292,6 +292,17 @@ def test_fit_rejection_learns_the_log_ratio(device):
     assert 0 < float(sampler.acceptance_rate) < 1
 
 
+def test_rejection_sampler_on_images(device):
+    """An unconditional DCGAN: the classifier sees flattened images, one log-ratio per image."""
+    genlib.seed(0)
+    sampler = gan.rejection_sampler(gan.dcgan(latent_dim=4, channels=8).to(device), hidden=16, depth=1)
+    x = genlib.data.digits(device=device).train_x[:32]
+    hist = gan.fit_rejection(sampler, x, steps=3, batch_size=16, progress=False)
+    assert len(hist.loss) == 3 and sampler.ratio(x).shape == (32,)
+    out = sampler.sample(5, generator=torch.Generator(device=device).manual_seed(0))
+    assert out.shape == (5, 1, 8, 8) and out.device.type == device.type
+
+
 def test_rejection_bad_inputs():
     model = gan.mlp_gan(hidden=8, depth=1)
     with pytest.raises(ValueError, match=r"quantile: expected a value in \(0, 1\]"):
