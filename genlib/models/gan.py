@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, randn
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
 from ..nn import MLP, ConvDecoder, ConvEncoder
 from ..train import History, TrainingDiverged, batches, progress_bar
 
@@ -555,10 +555,13 @@ class RejectionSampler(nn.Module):
         self.acceptance_rate.fill_(float(self.accept_probability_from_log_ratio(log_r).mean()))
         return float(self.acceptance_rate)
 
-    def accept_probability_from_log_ratio(self, log_r: torch.Tensor) -> torch.Tensor:
-        """min(1, r / M) for log-ratios log r."""
+    def _check_calibrated(self) -> None:
         if torch.isnan(self.log_cap):
             raise RuntimeError("the rejection sampler is not calibrated: call calibrate() (fit_rejection does)")
+
+    def accept_probability_from_log_ratio(self, log_r: torch.Tensor) -> torch.Tensor:
+        """min(1, r / M) for log-ratios log r."""
+        self._check_calibrated()
         return torch.exp((log_r - self.log_cap).clamp(max=0.0))
 
     @torch.no_grad()
@@ -573,16 +576,13 @@ class RejectionSampler(nn.Module):
         ``last_nfe`` is the network evaluations per returned sample (generator and classifier on every
         proposal), 2 / acceptance rate on average."""
         check_positive_int("n", n)
-        if torch.isnan(self.log_cap):
-            raise RuntimeError("the rejection sampler is not calibrated: call calibrate() (fit_rejection does)")
+        self._check_calibrated()
         rate = float(self.acceptance_rate)
         kept, total, proposals = [], 0, 0
         for _ in range(self.max_rounds):
             m = max(64, math.ceil(1.02 * (n - total) / max(rate, 1e-3)))
             x = self.gan.sample(m, generator=generator)
-            u = torch.rand(m, generator=generator, device=x.device, dtype=x.dtype) if generator is not None \
-                else torch.rand(m, device=x.device, dtype=x.dtype)
-            keep = u < self.accept_probability(x)
+            keep = rand((m,), like=x, generator=generator) < self.accept_probability(x)
             proposals += m
             kept.append(x[keep])
             total += int(keep.sum())
