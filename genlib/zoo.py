@@ -527,12 +527,17 @@ register("cgan", "digits", _gan_build, _gan_train,
 
 
 # --- flows ---
-# The coupling flow (RealNVP with actnorm and LU mixing) and the continuous normalizing flow of the
-# normalizing-flows chapter, on the eight Gaussians and on the dequantised digits.
+# The coupling flows of the normalizing-flows chapter on the eight Gaussians: the headline `flow` (rational-
+# quadratic spline couplings, Durkan et al. 2019, trained on jittered minibatches) and the RealNVP flow with
+# affine couplings (`flow_affine`, with the depth study), then the CNF and the digits flow.
 
-_FLOW_8G = {"n_layers": 12, "hidden": 128, "depth": 2, "mixing": "lu", "steps": 2500, "batch_size": 512,
-            "lr": 3e-3, "schedule": "cosine"}
-_FLOW_DEPTHS = (2, 4, 8)  # the depth study of the chapter (the headline model is the deepest point)
+_FLOW_AFFINE_8G = {"n_layers": 12, "hidden": 128, "depth": 2, "mixing": "lu", "steps": 2500, "batch_size": 512,
+                   "lr": 3e-3, "schedule": "cosine"}
+# Four spline blocks of 64-unit networks; the minibatches are jittered by N(0, 0.1^2) noise (kernel smoothing
+# of the 2,000 points: without it the held-out binned KL was 0.068 instead of 0.031, seed 0).
+_FLOW_8G = {"n_layers": 4, "hidden": 64, "depth": 2, "mixing": "lu", "coupling": "spline", "bins": 8, "bound": 4.0,
+            "jitter": 0.1, "steps": 2500, "batch_size": 512, "lr": 3e-3, "schedule": "cosine"}
+_FLOW_DEPTHS = (2, 4, 8)  # the depth study of the chapter (affine couplings; `flow_affine` is the deepest point)
 
 
 def _jittered(config: dict, seed: int, x: torch.Tensor):
@@ -550,8 +555,10 @@ def _jittered(config: dict, seed: int, x: torch.Tensor):
 def _flow_build(config: dict) -> nn.Module:
     from .models import flows
 
+    spline = {"bins": config["bins"], "bound": config["bound"]} if config.get("coupling") == "spline" else {}
     return flows.coupling_flow(2, config["n_layers"], config["hidden"], config["depth"], mixing=config["mixing"],
-                               actnorm=config.get("actnorm", True))
+                               actnorm=config.get("actnorm", True), coupling=config.get("coupling", "affine"),
+                               **spline)
 
 
 def _flow_train(model, config, seed, device, progress):
@@ -560,15 +567,18 @@ def _flow_train(model, config, seed, device, progress):
     x = _toy_train_set(config, seed, device)
     return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
                schedule=config["schedule"], seed=seed, progress=progress, loss_fn=_jittered(config, seed, x),
-               desc=f"coupling flow ({config['n_layers']} layers)")
+               desc=f"coupling flow ({config['n_layers']} {config.get('coupling', 'affine')} blocks)")
 
 
 register("flow", "eight_gaussians", _flow_build, _flow_train, _FLOW_8G,
-         "RealNVP coupling flow (actnorm, LU mixing, tanh-bounded log-scales), maximum likelihood.")
+         "Coupling flow with rational-quadratic spline couplings (actnorm, LU mixing), maximum likelihood on "
+         "jittered minibatches.")
+register("flow_affine", "eight_gaussians", _flow_build, _flow_train, _FLOW_AFFINE_8G,
+         "RealNVP coupling flow (actnorm, LU mixing, tanh-bounded affine log-scales), maximum likelihood.")
 for _depth in _FLOW_DEPTHS:
-    register("flow", f"eight_gaussians_depth{_depth}", _flow_build, _flow_train,
-             {**_FLOW_8G, "n_layers": _depth, "steps": 1500},
-             f"The coupling flow with {_depth} coupling layers on the eight Gaussians (the chapter's depth study).")
+    register("flow_affine", f"eight_gaussians_depth{_depth}", _flow_build, _flow_train,
+             {**_FLOW_AFFINE_8G, "n_layers": _depth, "steps": 1500},
+             f"The affine coupling flow with {_depth} blocks on the eight Gaussians (the chapter's depth study).")
 
 # RK4 with 5 steps (20 evaluations per solve) and RNODE's kinetic-energy penalty: the penalty keeps the paths
 # straight enough for the coarse solver to be accurate (held-out NLL agrees with a 64-step RK4 solve); without

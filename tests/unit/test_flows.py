@@ -7,12 +7,12 @@ from genlib import data, solvers, train, zoo
 from genlib.models import flows
 
 
-def _random_flow(dim=2, n_layers=4, mixing="lu", seed=0, device="cpu"):
+def _random_flow(dim=2, n_layers=4, mixing="lu", seed=0, device="cpu", coupling="affine"):
     """A flow with random (non-identity) couplings and initialised actnorms."""
     torch.manual_seed(seed)
-    f = flows.coupling_flow(dim, n_layers, hidden=16, mixing=mixing, seed=seed)
+    f = flows.coupling_flow(dim, n_layers, hidden=16, mixing=mixing, seed=seed, coupling=coupling)
     for m in f.modules():
-        if isinstance(m, flows.AffineCoupling):
+        if isinstance(m, (flows.AffineCoupling, flows.SplineCoupling)):
             torch.nn.init.normal_(m.net.net[-1].weight, std=0.5)
             torch.nn.init.normal_(m.net.net[-1].bias, std=0.3)
     f.train()
@@ -20,10 +20,15 @@ def _random_flow(dim=2, n_layers=4, mixing="lu", seed=0, device="cpu"):
     return f.eval().to(device)
 
 
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
 @pytest.mark.parametrize("mixing", ["lu", "reverse", "none"])
-def test_inverse_of_forward_is_identity(device, mixing):
-    f = _random_flow(mixing=mixing, device=device)
-    x = torch.randn(500, 2, device=device) * 3
+def test_inverse_of_forward_is_identity(device, mixing, coupling):
+    f = _random_flow(mixing=mixing, device=device, coupling=coupling)
+    # random splines have bins with slopes down to 1e-3, where float32 rounding of z is amplified up to
+    # 1000x on the way back (the map is ill-conditioned there, not wrong): check those in float64
+    dtype = torch.float64 if coupling == "spline" else torch.float32
+    f = f.to(dtype)
+    x = torch.randn(500, 2, device=device, dtype=dtype) * 3
     z, ld = f(x)
     back, ld_inv = f.inverse(z)
     assert (back - x).abs().max() < 1e-5
@@ -49,9 +54,10 @@ def test_each_layer_inverts_and_logit_layer_inverts():
     assert (back - x).abs().max() < 1e-4 and (ld + ld_inv).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
 @pytest.mark.parametrize("dim", [2, 5])
-def test_log_det_matches_autograd_jacobian(dim):
-    f = _random_flow(dim=dim, n_layers=3).double()
+def test_log_det_matches_autograd_jacobian(dim, coupling):
+    f = _random_flow(dim=dim, n_layers=3, coupling=coupling).double()
     x = torch.randn(6, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2
     _, ld = f(x)
     for i in range(x.shape[0]):
@@ -68,8 +74,9 @@ def test_logit_layer_log_det_matches_autograd():
     assert abs(torch.linalg.slogdet(jac)[1].item() - logit(x[None])[1].item()) < 1e-8
 
 
-def test_density_integrates_to_one_on_a_grid():
-    f = _random_flow(n_layers=4).double()
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_density_integrates_to_one_on_a_grid(coupling):
+    f = _random_flow(n_layers=4, coupling=coupling).double()
     lim, n = 10.0, 600
     xs = torch.linspace(-lim, lim, n, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
@@ -246,8 +253,44 @@ def test_cnf_training_is_differentiable_and_reduces_nll():
     assert after < before - 0.3 and len(hist.loss) == 40
 
 
+def test_spline_is_monotone_identity_at_zero_and_outside_its_interval():
+    g = torch.Generator().manual_seed(0)
+    x = torch.linspace(-6, 6, 2001, dtype=torch.float64)
+    raw = [torch.randn(2001, k, generator=g, dtype=torch.float64) * 2 for k in (8, 8, 7)]
+    raw = [r[:1].expand(2001, -1) for r in raw]  # one spline, evaluated along the line
+    y, ld = flows.rational_quadratic_spline(x, *raw, bound=4.0)
+    assert bool((y[1:] > y[:-1]).all())  # strictly increasing
+    outside = x.abs() >= 4
+    assert torch.equal(y[outside], x[outside]) and bool((ld[outside] == 0).all())
+    assert abs(y[x.abs() < 4].max().item()) < 4 and abs(y[x.abs() < 4].min().item()) < 4  # [-4, 4] onto itself
+    back, ld_inv = flows.rational_quadratic_spline(y, *raw, bound=4.0, inverse=True)
+    assert (back - x).abs().max() < 1e-9 and (ld + ld_inv).abs().max() < 1e-9
+    xs = x[::50].clone().requires_grad_(True)
+    ys, lds = flows.rational_quadratic_spline(xs, *[r[::50] for r in raw], bound=4.0)
+    (dy,) = torch.autograd.grad(ys.sum(), xs)
+    assert torch.allclose(dy.log(), lds, atol=1e-9)
+    zero = [torch.zeros(5, k) for k in (8, 8, 7)]
+    xz = torch.linspace(-3.9, 3.9, 5)
+    yz, ldz = flows.rational_quadratic_spline(xz, *zero)
+    assert (yz - xz).abs().max() < 1e-6 and ldz.abs().max() < 1e-6
+
+
+def test_spline_coupling_bad_input():
+    with pytest.raises(ValueError, match="bins: expected an int >= 2"):
+        flows.SplineCoupling(2, torch.tensor([1, 0]), bins=1)
+    with pytest.raises(ValueError, match="bound"):
+        flows.SplineCoupling(2, torch.tensor([1, 0]), bound=0.0)
+    with pytest.raises(ValueError, match="mask: must keep at least one"):
+        flows.SplineCoupling(2, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="coupling: unknown value 'cubic'"):
+        flows.coupling_flow(2, coupling="cubic")
+    with pytest.raises(ValueError, match=r"h: expected a tensor of shape \(N, 2\)"):
+        flows.SplineCoupling(2, torch.tensor([1, 0]))(torch.randn(3, 3))
+
+
 def test_zoo_recipes_are_registered():
-    for key in [("flow", "eight_gaussians"), ("cnf", "eight_gaussians"), ("flow", "digits")]:
+    for key in [("flow", "eight_gaussians"), ("flow_affine", "eight_gaussians"), ("cnf", "eight_gaussians"),
+                ("flow", "digits")]:
         r = zoo.recipe(*key)
         assert r.config and r.description
 
