@@ -164,6 +164,12 @@ def rational_quadratic_spline(x: torch.Tensor, raw_widths: torch.Tensor, raw_hei
     fixed to 1); outside it is the identity. All-zero raw values give the identity map. With ``inverse``
     the map goes the other way (solving a quadratic per element) and the log-derivative is negated.
     """
+    k = raw_widths.shape[-1] if raw_widths.ndim else 0
+    if (raw_widths.shape[:-1] != x.shape or raw_heights.shape != raw_widths.shape
+            or raw_derivs.shape != (*x.shape, k - 1) or k < 2):
+        raise ValueError(f"raw parameters: expected widths and heights of shape (*x.shape, K) with K >= 2 and "
+                         f"derivatives of shape (*x.shape, K - 1) for x of shape {tuple(x.shape)}, got "
+                         f"{tuple(raw_widths.shape)}, {tuple(raw_heights.shape)}, {tuple(raw_derivs.shape)}")
     widths, xk = _knots(raw_widths, bound)
     heights, yk = _knots(raw_heights, bound)
     inner = nn.functional.softplus(raw_derivs + _DERIV_SHIFT) + _MIN_DERIV

@@ -306,6 +306,11 @@ def test_spline_coupling_bad_input():
         flows.coupling_flow(2, coupling="cubic")
     with pytest.raises(ValueError, match=r"h: expected a tensor of shape \(N, 2\)"):
         flows.SplineCoupling(2, torch.tensor([1, 0]))(torch.randn(3, 3))
+    x = torch.zeros(5)
+    with pytest.raises(ValueError, match="raw parameters: expected widths and heights"):
+        flows.rational_quadratic_spline(x, torch.zeros(5, 8), torch.zeros(5, 8), torch.zeros(5, 8))
+    with pytest.raises(ValueError, match="raw parameters"):
+        flows.rational_quadratic_spline(x, torch.zeros(4, 8), torch.zeros(4, 8), torch.zeros(4, 7))
 
 
 def test_zoo_recipes_are_registered():
