@@ -555,10 +555,9 @@ def _jittered(config: dict, seed: int, x: torch.Tensor):
 def _flow_build(config: dict) -> nn.Module:
     from .models import flows
 
-    spline = {"bins": config["bins"], "bound": config["bound"]} if config.get("coupling") == "spline" else {}
     return flows.coupling_flow(2, config["n_layers"], config["hidden"], config["depth"], mixing=config["mixing"],
                                actnorm=config.get("actnorm", True), coupling=config.get("coupling", "affine"),
-                               **spline)
+                               bins=config.get("bins", 8), bound=config.get("bound", 4.0))
 
 
 def _flow_train(model, config, seed, device, progress):
