@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import genlib  # noqa: E402
-from genlib import metrics, zoo  # noqa: E402
+from genlib import metrics  # noqa: E402
 
 FIELDS = ["family", "seed", *metrics.BENCHMARK_FIELDS]
 
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     prov = provenance(device)
     print(f"device: {prov['device']}  commit {prov['commit']}  torch {prov['torch']}", flush=True)
     name = args.name or args.dataset
-    rows = zoo.benchmark(args.families, seeds=args.seeds, device=device, n=args.samples, progress=True,
-                         dataset=args.dataset)
+    rows = metrics.benchmark(args.families, seeds=args.seeds, device=device, n=args.samples, progress=True,
+                             dataset=args.dataset)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / f"{name}.csv", "w", newline="") as f:
         f.write("".join(f"# {k}: {v}\n" for k, v in prov.items()))

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def device() -> torch.device:
-    """The best available device: CUDA when present, else Apple's MPS, else the CPU.
+    """The best available device: CUDA when present, else the CPU (Apple's MPS is not chosen: it is untested).
 
     The environment variable ``GENLIB_DEVICE`` (for example ``cpu``) overrides the choice.
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
@@ -15,6 +16,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device: expected a torch device or a name such as 'cpu' or 'cuda', got {device!r}") from err
+
+
+def module_device(module, default=None) -> torch.device:
+    """The device of a module's first parameter or buffer (`default`, or the CPU, when it has neither)."""
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu") if default is None else torch.device(default)
 
 
 def check_positive_int(name: str, value, minimum: int = 1) -> int:
@@ -92,7 +100,72 @@ def rand(shape, *, like: torch.Tensor | None = None, device=None, dtype=None,
     return _draw(torch.rand, shape, like, device, dtype, generator)
 
 
+@contextlib.contextmanager
+def seeded(seed: int | None, device=None):
+    """Run a block with torch's global generators seeded by `seed`, then restore their state: a function may
+    draw from the global stream (layer initialisation, dropout) without changing what its caller draws next.
+    With seed None the block runs on the global stream as it is."""
+    if seed is None:
+        yield
+        return
+    devices = []
+    if device is not None and torch.device(device).type == "cuda":
+        devices = [torch.device(device).index or 0]
+    elif device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        devices = list(range(torch.cuda.device_count()))
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def nats_to_bits_per_dim(nats, dim: int):
+    """Convert a negative log-likelihood in nats per example to bits per dimension (bits per pixel for images)."""
+    import math
+
+    check_positive_int("dim", dim)
+    return nats / (dim * math.log(2.0))
+
+
+class NoiseTape:
+    """Noise drawn beforehand and read in order: ``noise[:, 0]``, then ``noise[:, 1]``, ... genlib's
+    ``randn`` and ``rand`` helpers accept a tape in place of a ``torch.Generator``, so a sampler that needs
+    fresh noise at every step becomes a deterministic function of one tensor (a model's base draw)."""
+
+
+    def __init__(self, noise: torch.Tensor, kind: str = "normal"):
+        check_choice("kind", kind, ("normal", "uniform"))
+        self.noise = check_tensor("noise", noise)
+        if noise.ndim < 2:
+            raise ValueError(f"noise: expected shape (n, draws, ...), got {tuple(noise.shape)}")
+        self.kind = kind
+        self.used = 0
+
+    @property
+    def remaining(self) -> int:
+        """How many draws are left."""
+        return self.noise.shape[1] - self.used
+
+    def read(self, shape, kind: str, device, dtype) -> torch.Tensor:
+        """The next draw, checked against the shape and kind the sampler asks for."""
+        if kind != self.kind:
+            raise ValueError(f"noise: the sampler asked for {kind} noise from a tape of {self.kind} noise")
+        if self.remaining <= 0:
+            raise ValueError(f"noise: the sampler needs more than the {self.noise.shape[1]} draws it was given")
+        draw = self.noise[:, self.used]
+        if tuple(draw.shape) != tuple(shape):
+            raise ValueError(f"noise: the sampler asked for a draw of shape {tuple(shape)}, the tape holds "
+                             f"{tuple(draw.shape)}")
+        self.used += 1
+        return draw.to(device=device, dtype=dtype)
+
+
 def _draw(fn, shape, like, device, dtype, generator):
+    if isinstance(generator, NoiseTape):
+        if like is not None:
+            device = like.device if device is None else device
+            dtype = like.dtype if dtype is None else dtype
+        return generator.read(shape, "normal" if fn is torch.randn else "uniform", device,
+                              torch.get_default_dtype() if dtype is None else dtype)
     if like is not None:
         device = like.device if device is None else device
         dtype = like.dtype if dtype is None else dtype

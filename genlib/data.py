@@ -17,6 +17,7 @@ import torch
 from ._util import check_choice, check_positive_float, check_positive_int, check_tensor, randn, resolve_device
 
 __all__ = [
+    "shift_augment",
     "IsotropicGaussianMixture",
     "eight_gaussians",
     "eight_gaussians_density",
@@ -479,3 +480,11 @@ def names_corpus(kind: str = "surnames", test_fraction: float = 0.1) -> NamesCor
     train = [words[i] for i in perm[n_test:]]
     alphabet = "".join(sorted(set("".join(words))))
     return NamesCorpus(train, test, CharTokenizer(alphabet))
+
+
+def shift_augment(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, 1, 8, 8) and labels with their four one-pixel shifts appended (the classifier's augmentation)."""
+    shifted = [x]
+    for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        shifted.append(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))
+    return torch.cat(shifted), y.repeat(len(shifted))

@@ -1,4 +1,4 @@
-"""The book's evaluation protocol (DESIGN.md): binned KL against the true eight Gaussians with its
+"""The book's evaluation protocol (the Foundations chapter): binned KL against the true eight Gaussians with its
 reference points (estimator floor, parametric oracle, KDE baseline), NLL, exact W2, MMD, mode
 statistics, sampling cost, and the digits classifier's Frechet distance and label entropy.
 
@@ -7,6 +7,7 @@ Every 2-D function takes ``dataset``: the eight Gaussians (the default) or anoth
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -16,9 +17,19 @@ import numpy as np
 import torch
 
 from . import data as _data
-from ._util import check_positive_float, check_positive_int, check_tensor, resolve_device
+from ._util import (
+    check_positive_float,
+    check_positive_int,
+    check_tensor,
+    module_device,
+    nats_to_bits_per_dim,
+    resolve_device,
+)
+from .nn import DigitsClassifier
 
 __all__ = [
+    "count_evaluations",
+    "benchmark",
     "NOTES_TABLE2",
     "BENCHMARK_FIELDS",
     "summarise_seeds",
@@ -173,12 +184,6 @@ def parametric_oracle(train: torch.Tensor | None = None, seed: int = 0, dataset:
     return binned_kl(torch.from_numpy(x).float())
 
 
-def nats_to_bits_per_dim(nats, dim: int):
-    """Convert a negative log-likelihood in nats per example to bits per dimension (bits per pixel for images)."""
-    check_positive_int("dim", dim)
-    return nats / (dim * math.log(2.0))
-
-
 def true_entropy(dataset: str = DEFAULT_DATASET) -> float:
     """Differential entropy of the true law in nats (eight Gaussians: about 2.61): the floor of any NLL."""
     return reference_points(dataset)["entropy"]
@@ -193,7 +198,7 @@ def nll(log_prob: Callable[[torch.Tensor], torch.Tensor] | torch.nn.Module, n: i
         raise TypeError("log_prob: expected a callable or a model with a log_prob method")
     check_positive_int("n", n)
     if device is None and isinstance(log_prob, torch.nn.Module):
-        device = _model_device(log_prob)
+        device = module_device(log_prob)
     x = _data.toy_density(dataset).sample(n, torch.Generator().manual_seed(seed), device=device)
     total = 0.0
     for chunk in x.split(batch_size):
@@ -281,34 +286,64 @@ def mode_stats(samples: torch.Tensor, min_fraction: float = 0.01, radius_std: fl
     }
 
 
-def _model_device(model: torch.nn.Module):
-    p = next(model.parameters(), None)
-    if p is not None:
-        return p.device
-    b = next(model.buffers(), None)
-    return b.device if b is not None else torch.device("cpu")
-
-
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
+class count_evaluations(contextlib.AbstractContextManager):
+    """Count a model's network evaluations from outside: inside the block, every forward pass of one of the
+    model's ``networks()`` adds its batch size to ``rows``; ``per_sample(n)`` is rows / n, the network
+    evaluations per sample of a call that returned n samples (a rejected proposal counts too).
+
+    >>> with count_evaluations(model) as count:
+    ...     x = model.sample(1000)
+    >>> count.per_sample(1000)
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        networks = model.networks() if callable(getattr(model, "networks", None)) else []
+        self.networks = list(networks)
+        self.rows = 0
+        self.calls = 0
+        self._handles: list = []
+
+    def _hook(self, module, args, output) -> None:
+        first = args[0] if args else None
+        self.rows += int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim else 1
+        self.calls += 1
+
+    def __enter__(self):
+        self._handles = [m.register_forward_hook(self._hook) for m in self.networks]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def per_sample(self, n: int) -> float:
+        """Network evaluations per sample for a call that produced n samples."""
+        return self.rows / check_positive_int("n", n)
+
+
 def sampling_cost(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, seed: int = EVAL_SEED) -> dict:
-    """Wall time (seconds) for ``model.sample(n)`` and the network evaluations it reported (``model.last_nfe``).
+    """Wall time (seconds) for ``model.sample(n)`` and its network evaluations per sample, counted from outside
+    (``count_evaluations``; integral values are returned as ints).
 
     Returns {'seconds', 'nfe', 'samples'}; the samples are returned so that the protocol draws them once.
     """
     check_positive_int("n", n)
-    device = _model_device(model)
+    device = module_device(model)
     gen = torch.Generator(device=device).manual_seed(seed)
     _sync(device)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), count_evaluations(model) as count:
         x = model.sample(n, generator=gen)
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "nfe": getattr(model, "last_nfe", None), "samples": x}
+    nfe = count.per_sample(n)
+    return {"seconds": seconds, "nfe": int(nfe) if nfe == int(nfe) else nfe, "samples": x}
 
 
 def evaluate(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, with_nll: bool | None = None,
@@ -332,52 +367,41 @@ def evaluate(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, with_nll: bool |
         "non_finite": int((~finite).sum()),
     }
     if with_nll is None:
-        with_nll = _has_log_prob(model)
+        with_nll = hasattr(model, "log_prob")
     if with_nll:
         with torch.no_grad():
             out["nll"] = nll(model, seed=seed, dataset=dataset)
     return out
 
 
-def _has_log_prob(model) -> bool:
-    fn = getattr(model, "log_prob", None)
-    return callable(fn) and not getattr(fn, "not_implemented", False)
-
-
 # ---------------------------------------------------------------------------------------- digits
 
 
-class DigitsClassifier(torch.nn.Module):
-    """A small CNN for the 8x8 digits (inputs in 0..16). ``features`` gives its 64-d penultimate layer."""
+def benchmark(names: list[str] | None = None, seeds=(0,), device=None, n: int = 100_000,
+              progress: bool = False, dataset: str = "eight_gaussians") -> list[dict]:
+    """The Synthesis comparison: each headline model of a 2-D data set (default: ``genlib.zoo.families`` of the
+    eight Gaussians) trained or loaded with its chapter's configuration and scored with the full protocol
+    (:func:`genlib.metrics.evaluate` on the same data set).
 
-    def __init__(self):
-        super().__init__()
-        nn = torch.nn
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 2x2
-            nn.Flatten(), nn.Linear(128, 64), nn.Tanh(),
-        )
-        self.head = nn.Linear(64, 10)
+    Returns one dict per (model, seed): ``family``, ``seed``, ``train_seconds`` (the training run's wall time,
+    kept with the cached weights) and ``train_steps``, and the protocol's fields.
+    """
+    from . import zoo
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The 64-d penultimate features of images (B, 1, 8, 8) in 0..16."""
-        x = check_tensor("x", x, ndim=4, shape_tail=(1, 8, 8))
-        return self.body(x / 16.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(self(x), y)
-
-
-def _shift_augment(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    shifted = [x]
-    for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        shifted.append(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))
-    return torch.cat(shifted), y.repeat(len(shifted))
+    names = zoo.families(dataset) if names is None else list(names)
+    if not names:
+        raise ValueError("names: expected at least one zoo key")
+    check_positive_int("n", n)
+    rows = []
+    for seed in seeds:
+        for name in names:
+            model = zoo.get(name, dataset=dataset, seed=seed, device=device, progress=progress)
+            history = getattr(model, "history", None)
+            row = {"family": name, "seed": seed,
+                   "train_seconds": getattr(history, "seconds", None), "train_steps": getattr(history, "steps", None)}
+            row.update(evaluate(model, n=n, dataset=dataset))
+            rows.append(row)
+    return rows
 
 
 _CLASSIFIER: dict = {}
@@ -391,15 +415,6 @@ def digits_classifier(device=None, progress: bool = False) -> DigitsClassifier:
     if dev not in _CLASSIFIER:
         _CLASSIFIER[dev] = zoo.get("digits_classifier", dataset="digits", seed=0, device=dev, progress=progress)
     return _CLASSIFIER[dev]
-
-
-def _train_classifier(model: DigitsClassifier, seed: int, device, progress: bool):
-    from .train import fit
-
-    d = _data.digits(device=device)
-    x, y = _shift_augment(d.train_x, d.train_y)
-    return fit(model, (x, y), steps=600, batch_size=128, lr=3e-3, weight_decay=1e-4, optimizer="adamw",
-               schedule="cosine", seed=seed, progress=progress, desc="digits classifier")
 
 
 def _images(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -570,7 +585,7 @@ BENCHMARK_FIELDS = ("binned_kl", "nll", "w2", "modes_covered", "on_mode", "nfe",
 def summarise_seeds(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds of every numeric benchmark field, one dict per family (order kept).
 
-    ``rows`` are :func:`genlib.zoo.benchmark` rows; a field missing for a family (no log-density) stays missing.
+    ``rows`` are :func:`genlib.metrics.benchmark` rows; a field missing for a family (no log-density) stays missing.
     """
     if not rows:
         raise ValueError("rows: expected at least one benchmark row")

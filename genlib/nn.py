@@ -8,9 +8,9 @@ import math
 import torch
 from torch import nn
 
-from ._util import check_choice, check_positive_int
+from ._util import check_choice, check_positive_int, check_tensor
 
-__all__ = ["ACTIVATIONS", "SinusoidalEmbedding", "MLP", "ConvEncoder", "ConvDecoder"]
+__all__ = ["ACTIVATIONS", "SinusoidalEmbedding", "MLP", "ConvEncoder", "ConvDecoder", "DigitsClassifier"]
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU,
                "elu": nn.ELU, "softplus": nn.Softplus}
@@ -146,3 +146,28 @@ class ConvDecoder(nn.Module):
             raise ValueError(f"z: expected shape (B, {self.in_dim}), got {tuple(z.shape)}")
         h = self.fc(z).view(z.shape[0], 2 * self.channels, 2, 2)
         return self.net(h)
+
+
+class DigitsClassifier(nn.Module):
+    """A small CNN for the 8x8 digits (inputs in 0..16). ``features`` gives its 64-d penultimate layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 2x2
+            nn.Flatten(), nn.Linear(128, 64), nn.Tanh(),
+        )
+        self.head = nn.Linear(64, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 64-d penultimate features of images (B, 1, 8, 8) in 0..16."""
+        x = check_tensor("x", x, ndim=4, shape_tail=(1, 8, 8))
+        return self.body(x / 16.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(self(x), y)

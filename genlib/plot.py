@@ -3,7 +3,6 @@ trajectories, and animations that work on the static site (``to_jshtml``)."""
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -12,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ._util import check_positive_int, check_tensor  # noqa: E402
+from ._util import check_positive_int, check_tensor, module_device  # noqa: E402
 
 __all__ = [
     "COLORS",
@@ -100,7 +99,11 @@ def samples_vs_data(samples, data, ax=None, lim: float | None = LIM, title: str 
 
 def density(log_prob: Callable[[torch.Tensor], torch.Tensor], ax=None, lim: float = LIM, n: int = 200,
             device=None, log: bool = True, title: str | None = None, cmap: str = "viridis", vmin: float | None = None):
-    """Heatmap of a (log-)density evaluated on an n x n grid."""
+    """Heatmap of a (log-)density evaluated on an n x n grid (on `device`; by default that of the model whose
+    method `log_prob` is, such as ``model.log_prob``, else the CPU)."""
+    owner = getattr(log_prob, "__self__", None)
+    if device is None and isinstance(owner, torch.nn.Module):
+        device = module_device(owner)
     pts, xs, ys = grid(n, lim, device)
     with torch.no_grad():
         lp = torch.cat([log_prob(c) for c in pts.split(20_000)])
@@ -210,34 +213,52 @@ def _polar_grid() -> list[torch.Tensor]:
 def _as_map(model: torch.nn.Module):
     """The model's deterministic map, as (base label, map from our 2-D noise to the model's base, T), or None.
 
-    The map is ``transform`` (or a decoder); a base of uniforms gets the normal CDF of our 2-D Gaussian
-    noise, a latent space of more than two dimensions gets our noise in its first two coordinates."""
-    fn = getattr(model, "transform", None) or getattr(model, "decode", None)
-    if fn is None:
+    Read from the model's ``base``: a Gaussian base gets our noise (in its first two coordinates when it has more),
+    a uniform base the normal CDF of it, a mixture's (u, z) a fixed u beside it, a rejection sampler's (z, u) a
+    fixed u after it. A decoder with output noise shows its mean (``mean_base``); a diffusion model, whose default
+    sampler draws noise at every step, shows its probability-flow ODE (``sampler="ode"``)."""
+    try:
+        base = getattr(model, "mean_base", None) or model.base
+    except AttributeError:
         return None
-    params = inspect.signature(fn).parameters
-    dim = getattr(model, "latent_dim", None) or getattr(model, "dim", 2)
-    if next(iter(params)) == "u":  # uniform base (autoregressive)
-        return "$u = \\Phi(z)$, uniform", torch.special.ndtr, fn
-    if "u" in params and "k" in params:  # a component, then an affine map (mixtures)
-        def mixture_map(z, u=None):
-            u = torch.rand(z.shape[0], generator=torch.Generator().manual_seed(1)).to(z) if u is None else u
-            return fn(z, u=u)
-        return "$k \\sim \\pi$, $z \\sim \\mathcal{N}(0, I)$", None, mixture_map
+    parts = getattr(base, "parts", None)
+    if parts is None:
+        return None
+    kinds = tuple(k for k, _ in parts)
+    shapes = [s for _, s in parts]
 
-    def latent(z):
+    def fixed_u(z):
+        return torch.rand(z.shape[0], 1, generator=torch.Generator().manual_seed(1)).to(z)
+
+    def latent(z, dim):
         if dim > 2:  # a 2-D slice of a larger latent space
             z = torch.cat([z, torch.zeros(z.shape[0], dim - 2, dtype=z.dtype, device=z.device)], 1)
         return z
 
-    label = "$z \\sim \\mathcal{N}(0, I)$" + (f" (2 of {dim} dims)" if dim > 2 else "")
-    if "u" in params:  # a map, then a random filter (rejection sampling): u decides which points are kept
-        def filtered(z, u=None):
-            u = torch.rand(z.shape[0], generator=torch.Generator().manual_seed(1)).to(z) if u is None else u
-            return fn(latent(z), u)
-        filtered.grid_map = lambda z: fn(latent(z), torch.zeros(z.shape[0]).to(z))  # the map before the filter
+    if kinds == ("uniform",) and shapes[0] == (2,):  # uniform base (autoregressive)
+        return "$u = \\Phi(z)$, uniform", torch.special.ndtr, model.transform
+    if kinds == ("uniform", "normal") and shapes == [(1,), (2,)]:  # a component, then an affine map (mixtures)
+        def mixture_map(z):
+            return model.transform(torch.cat([fixed_u(z), z], 1).to(base._anchor))
+        mixture_map.component_lines = True
+        return "$k \\sim \\pi$, $z \\sim \\mathcal{N}(0, I)$", None, mixture_map
+    if kinds == ("normal", "uniform") and shapes[1] == (1,):  # a map, then a random filter (rejection sampling)
+        dim = shapes[0][0]
+
+        def filtered(z):
+            return model.transform(torch.cat([latent(z, dim), fixed_u(z)], 1))
+        filtered.grid_map = lambda z: model.transform(torch.cat([latent(z, dim), torch.zeros_like(z[:, :1])], 1))
+        label = "$z \\sim \\mathcal{N}(0, I)$" + (f" (2 of {dim} dims)" if dim > 2 else "")
         return label + ", kept if $u < a(x)$", None, filtered
-    return label, None, lambda z: fn(latent(z))
+    if kinds == ("normal",) and len(shapes[0]) == 2 and callable(getattr(model, "base_for", None)):
+        if model.base_for(sampler="ode").shape == (2,):  # per-step noise: show the probability-flow ODE
+            return "$z \\sim \\mathcal{N}(0, I)$, PF-ODE", None, lambda z: model.transform(z, sampler="ode")
+        return None
+    if kinds == ("normal",) and len(shapes[0]) == 1:
+        dim = shapes[0][0]
+        label = "$z \\sim \\mathcal{N}(0, I)$" + (f" (2 of {dim} dims)" if dim > 2 else "")
+        return label, None, lambda z: model.transform(latent(z, dim))
+    return None
 
 
 def unified_view(models: dict[str, torch.nn.Module], data: torch.Tensor, n: int = 1500, seed: int = 0):
@@ -259,7 +280,7 @@ def unified_view(models: dict[str, torch.nn.Module], data: torch.Tensor, n: int 
     if not models:
         axes[0, 1].text(0.5, 0.5, "no model given", ha="center", va="center", transform=axes[0, 1].transAxes)
     for row, (name, model) in zip(axes, models.items(), strict=False):  # one row even without models
-        device = next((b.device for b in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+        device = module_device(model)
         found = _as_map(model)
         with torch.no_grad():
             if found is None:
@@ -270,8 +291,8 @@ def unified_view(models: dict[str, torch.nn.Module], data: torch.Tensor, n: int 
                 zz = z if to_base is None else to_base(z)
                 ll = lines if to_base is None else [to_base(line) for line in lines]
                 x = T(zz.to(device)).float().cpu()
-                if getattr(model, "n_components", None) and "k" in inspect.signature(model.transform).parameters:
-                    mapped = [model.transform(line.to(device), k).float().cpu()
+                if getattr(T, "component_lines", False):  # a mixture: the grid under each component's affine map
+                    mapped = [model.component_map(line.to(device), k).float().cpu()
                               for k in range(model.n_components) for line in ll[:4]]
                 else:  # a filtered map shows the grid's image before its filter
                     mapped = [getattr(T, "grid_map", T)(line.to(device)).float().cpu() for line in ll]

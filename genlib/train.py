@@ -1,5 +1,6 @@
-"""One training loop for every model with a ``loss``: minibatches, optimizer, gradient clipping,
-history, a progress bar, and clear errors when the data or the loss is not finite."""
+"""One training loop for every model with a ``loss`` (or several players' losses, as in a GAN): minibatches,
+optimizers and their schedules, gradient clipping, weight averaging with a warm-up, history, a progress bar, and
+clear errors when the data or the loss is not finite."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._util import check_choice, check_positive_float, check_positive_int, check_tensor
+from ._util import check_choice, check_positive_float, check_positive_int, check_tensor, module_device, randn, seeded
 
-__all__ = ["History", "TrainingDiverged", "fit", "batches", "progress_bar"]
+__all__ = ["History", "TrainingDiverged", "Player", "fit", "batches", "progress_bar"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,6 +107,29 @@ def _as_tuple(data) -> tuple[torch.Tensor, ...]:
     raise TypeError(f"data: expected a tensor or a tuple of tensors, got {type(data).__name__}")
 
 
+@dataclass
+class Player:
+    """One optimiser's share of a training step, for models whose update is not one loss (a GAN's two players).
+
+    ``loss(*batch)`` returns the player's scalar loss on a fresh minibatch; the player makes ``updates``
+    gradient steps on its ``params`` per training step, with its own optimiser (``lr``, ``betas`` and
+    ``optimizer`` default to fit's). ``average``: the weight average (``ema``) covers its parameters.
+    ``after_update(model)`` runs after each of its steps (weight clipping, say)."""
+
+    name: str
+    params: list
+    loss: Callable[..., torch.Tensor]
+    updates: int = 1
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    optimizer: str | None = None
+    average: bool = True
+    after_update: Callable[[nn.Module], None] | None = None
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
 def fit(
     model: nn.Module,
     data,
@@ -126,6 +150,8 @@ def fit(
     progress: bool = True,
     desc: str | None = None,
     ema: float | None = None,
+    jitter: float | None = None,
+    players: list[Player] | None = None,
 ) -> History:
     """Train `model` by minimising ``model.loss(*batch)`` (or ``loss_fn(model, *batch)``) with minibatch gradient steps.
 
@@ -133,7 +159,15 @@ def fit(
     The model and data move to `device` (default: the model's device). Returns a :class:`History`,
     also stored as ``model.history``. Raises ValueError if the data hold NaN/inf and
     :class:`TrainingDiverged` naming the step if the loss does. With ``ema`` (a decay in (0, 1), e.g. 0.999)
-    the model ends with the exponential moving average of its parameters over the run instead of the last iterate.
+    the model ends with the exponential moving average of its parameters over the run instead of the last
+    iterate; the average is warmed up (its decay is min(ema, (1 + k) / (10 + k)) at step k) so that it does
+    not keep the untrained start. With ``jitter`` (a standard deviation) every minibatch of the first tensor
+    gets fresh N(0, jitter^2) noise drawn from a generator seeded by `seed`: a kernel smoothing of the training
+    set. A model with a ``step_metrics()`` method has what it returns logged into the history after every step.
+
+    ``players`` replaces the one loss by several (see :class:`Player`): each training step runs every player's
+    updates in order, and the history logs each player's last loss as ``<name>_loss`` (``loss`` holds the last
+    player's). ``schedule`` ('constant' or 'cosine', after ``warmup`` steps) runs over each player's updates.
     """
     data = _as_tuple(data)
     for i, d in enumerate(data):
@@ -143,32 +177,57 @@ def fit(
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
     check_positive_float("lr", lr)
-    check_choice("optimizer", optimizer, ("adam", "adamw", "sgd"))
+    check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("schedule", schedule, ("constant", "cosine"))
     if ema is not None and not 0.0 < ema < 1.0:
         raise ValueError(f"ema: expected a decay in (0, 1), got {ema}")
-    if loss_fn is None and not hasattr(model, "loss"):
-        raise TypeError(f"model: {type(model).__name__} has no loss(); pass loss_fn=")
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else data[0].device
-    device = torch.device(device)
+    if jitter is not None:
+        check_positive_float("jitter", jitter, allow_zero=True)
+    if players is None:
+        if loss_fn is None and not hasattr(model, "loss"):
+            raise TypeError(f"model: {type(model).__name__} has no loss(); pass loss_fn=")
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model: has no trainable parameters")
+        one = (lambda *b: loss_fn(model, *b)) if loss_fn is not None else model.loss
+        players = [Player("model", params, one)]
+    else:
+        if loss_fn is not None:
+            raise ValueError("loss_fn: players bring their own losses; pass one or the other")
+        for pl in players:
+            check_positive_int(f"players[{pl.name}].updates", pl.updates)
+            check_choice(f"players[{pl.name}].optimizer", pl.optimizer or optimizer, OPTIMIZERS)
+            if not pl.params:
+                raise ValueError(f"players: {pl.name} has no trainable parameters")
+    device = module_device(model, data[0].device) if device is None else torch.device(device)
     model.to(device)
     data = tuple(d.to(device) for d in data)
-    if seed is not None:
-        torch.manual_seed(seed)
+    with seeded(seed, device):  # the run draws from a seeded stream; the caller's global state is restored after
+        return _fit(model, data, players, steps, batch_size, lr, optimizer, weight_decay, betas, clip_grad, schedule,
+                    warmup, seed, callback, progress, desc, ema, jitter, device)
+
+
+def _optimizer(name: str, params, lr: float, betas, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def _fit(model, data, players, steps, batch_size, lr, optimizer, weight_decay, betas, clip_grad, schedule, warmup,
+         seed, callback, progress, desc, ema, jitter, device) -> History:
     gen = torch.Generator().manual_seed(0 if seed is None else seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model: has no trainable parameters")
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=weight_decay)
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    sched = _schedule(opt, schedule, steps, warmup)
-    averaged = [p.detach().clone() for p in params] if ema is not None else None
+    jitter_gen = torch.Generator(device=device).manual_seed(0 if seed is None else seed) if jitter else None
+    step_metrics = getattr(model, "step_metrics", None)
+    opts = [_optimizer(pl.optimizer or optimizer, pl.params, pl.lr or lr, pl.betas or betas, weight_decay)
+            for pl in players]
+    scheds = [_schedule(o, schedule, steps * pl.updates, warmup) for o, pl in zip(opts, players, strict=True)]
+    averaged_params = [p for pl in players if pl.average for p in pl.params]
+    averaged = [p.detach().clone() for p in averaged_params] if ema is not None else None
+    several = len(players) > 1
     history = History()
     stream = batches(data, min(batch_size, data[0].shape[0]), gen)
     start = time.perf_counter()
@@ -176,27 +235,40 @@ def fit(
     bar = progress_bar(steps, desc or f"fit {type(model).__name__}", progress)
     try:
         for step in range(steps):
-            batch = next(stream)
-            loss = loss_fn(model, *batch) if loss_fn is not None else model.loss(*batch)
-            if loss.ndim != 0:
-                raise ValueError(f"loss: expected a scalar, got shape {tuple(loss.shape)}")
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the loss became {loss.item()} at step {step} of {steps} (lr={lr}); the model diverged. "
-                    "Try a smaller learning rate or stronger gradient clipping.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            opt.step()
-            if sched is not None:
-                sched.step()
+            for pl, opt, sched in zip(players, opts, scheds, strict=True):
+                for _ in range(pl.updates):
+                    batch = next(stream)
+                    if jitter_gen is not None:
+                        noise = randn(batch[0].shape, like=batch[0], generator=jitter_gen)
+                        batch = (batch[0] + jitter * noise, *batch[1:])
+                    loss = pl.loss(*batch)
+                    if loss.ndim != 0:
+                        raise ValueError(f"loss: expected a scalar, got shape {tuple(loss.shape)}")
+                    if not torch.isfinite(loss):
+                        who = f"the {pl.name} loss" if several else "the loss"
+                        raise TrainingDiverged(
+                            f"{who} became {loss.item()} at step {step} of {steps} (lr={pl.lr or lr}); the model "
+                            "diverged. Try a smaller learning rate or stronger gradient clipping.")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if clip_grad is not None:
+                        torch.nn.utils.clip_grad_norm_(pl.params, clip_grad)
+                    opt.step()
+                    if sched is not None:
+                        sched.step()
+                    if pl.after_update is not None:
+                        pl.after_update(model)
+                if several:
+                    history.log(**{f"{pl.name}_loss": loss.item()})
             if averaged is not None:
                 # the average starts at the first iterates (decay min(ema, (1+k)/(10+k)) warms it up)
                 decay = min(ema, (1 + step) / (10 + step))
-                for a, p in zip(averaged, params, strict=True):
-                    a.lerp_(p.detach(), 1.0 - decay)
+                with torch.no_grad():
+                    for a, p in zip(averaged, averaged_params, strict=True):
+                        a.lerp_(p.detach(), 1.0 - decay)
             history.loss.append(loss.item())
+            if callable(step_metrics):
+                history.log(**step_metrics())
             if callback is not None:
                 callback(step, model, history)
             bar.update(1)
@@ -206,7 +278,7 @@ def fit(
         bar.close()
     if averaged is not None:
         with torch.no_grad():
-            for p, a in zip(params, averaged, strict=True):
+            for p, a in zip(averaged_params, averaged, strict=True):
                 p.copy_(a)
     model.eval()
     history.steps = steps

@@ -1,6 +1,7 @@
 """The model families. Each module holds one family's model, its loss and its sampler, and follows
-the contract of DESIGN.md: ``sample(n, generator=None)``, ``loss(x)``, ``log_prob(x)`` where the
-family has an exact density, and ``transform(z)`` where a deterministic map from noise exists.
+the contract of the book's Reference page "How genlib is built" (:mod:`genlib.models.base`): ``base``,
+``transform(noise, **cond)``, ``sample(n, generator=None, **cond)`` equal to ``transform(base.sample(n))``,
+``loss(x)``, and ``log_prob(x)`` only where the family has an exact density.
 
 Modules are imported on first use: ``genlib.models.gmm``, ``genlib.models.flows``, ...
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILY_MODULES = ("gmm", "vae", "flows", "gan", "diffusion", "flow_matching", "autoregressive")
+FAMILY_MODULES = ("base", "gmm", "vae", "flows", "gan", "diffusion", "flow_matching", "autoregressive")
 
 
 def __getattr__(name: str):

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand
-from ..metrics import nats_to_bits_per_dim
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, nats_to_bits_per_dim, rand
 from ..nn import MLP
+from .base import Generative, Noise
 
 __all__ = [
     "filter_logits",
@@ -41,8 +41,8 @@ __all__ = [
     "CausalTransformer",
     "CodePrior",
     "bigram_nll",
+    "char_transformer",
     "sequence_nll",
-    "names_tokens",
 ]
 
 
@@ -52,7 +52,7 @@ __all__ = [
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Set to -inf the logits of tokens that top-k and/or nucleus (top-p) filtering remove (last dimension).
 
-    - top-k keeps the k tokens of largest probability (ties broken as :func:`torch.topk` does);
+    - top-k keeps the k tokens of largest probability (ties broken as ``torch.topk`` does);
     - top-p keeps the smallest set of most probable tokens whose total probability is at least p: tokens are
       sorted by decreasing probability and token i is kept iff the probability of the tokens ranked before
       it is below p (so the most probable token is always kept).
@@ -123,14 +123,14 @@ def _check_uniforms(name: str, u, shape: tuple[int, ...]) -> torch.Tensor:
 # ------------------------------------------------------------------ a discretised density on R^d
 
 
-class BinnedAutoregressive(nn.Module):
+class BinnedAutoregressive(Generative):
     """A continuous autoregressive density on R^d built from categorical conditionals over bins.
 
     Coordinate j lies in one of ``bins + 2`` cells: `bins` equal bins of width h = 2 lim / bins on
     [-lim, lim], a left tail (-inf, -lim) and a right tail (lim, inf). The cell probabilities
     pi_j(x^(<j)) come from a learned vector (j = 1) or an MLP of the previous coordinates (j > 1).
     Within a bin the density is uniform (pi / h); within a tail it decays exponentially with scale
-    `tail_scale` (density pi / s * exp(-|x| - lim) / s)). So every conditional, and the product, is an exact
+    `tail_scale` (density ``pi / s * exp(-(|x| - lim) / s)``). So every conditional, and the product, is an exact
     density on R that integrates to 1, and its CDF is continuous and strictly increasing: ``transform(u)``
     applies the inverse CDFs in order to uniforms u in (0, 1)^d and ``cdf(x)`` maps data back to uniforms.
     """
@@ -146,7 +146,7 @@ class BinnedAutoregressive(nn.Module):
         self.first_logits = nn.Parameter(torch.zeros(self.bins + 2))
         self.conditioners = nn.ModuleList(
             MLP(j, self.bins + 2, hidden=hidden, depth=depth, activation=activation) for j in range(1, self.dim))
-        self.last_nfe = 0
+        self.base = Noise(("uniform", self.dim))
 
     @property
     def width(self) -> float:
@@ -225,6 +225,7 @@ class BinnedAutoregressive(nn.Module):
             us.append(before.gather(1, k[:, None]).squeeze(1) + probs.gather(1, k[:, None]).squeeze(1) * frac)
         return torch.stack(us, 1)
 
+    @torch.no_grad()
     def transform(self, u: torch.Tensor) -> torch.Tensor:
         """The probability transformation: uniforms (B, d) in [0, 1] to data, x^(j) = F_j^{-1}(u_j | x^(<j))."""
         u = check_tensor("u", u, ndim=2, last_dim=self.dim)
@@ -245,18 +246,7 @@ class BinnedAutoregressive(nn.Module):
             left = -self.lim + s * torch.log(w.clamp_min(tiny))
             right = self.lim - s * torch.log((1 - w).clamp_min(tiny))
             x[:, j] = torch.where(k == 0, left, torch.where(k == self.bins + 1, right, inside))
-        self.last_nfe = self.dim
         return x
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, u: torch.Tensor | None = None) -> torch.Tensor:
-        """n samples (n, d) on the model's device: ``transform(u)`` with u ~ U(0, 1)^d, or with the given u."""
-        check_positive_int("n", n)
-        if u is None:
-            u = rand((n, self.dim), like=self.edges, generator=generator)
-        elif u.shape[0] != n:
-            raise ValueError(f"u: expected {n} rows of uniforms, got shape {tuple(u.shape)}")
-        return self.transform(u)
 
 
 # ------------------------------------------------------------------------------------------ pixels
@@ -295,7 +285,7 @@ class _ResidualB(nn.Module):
         return h + self.mix(F.gelu(self.conv(F.gelu(h))))
 
 
-class PixelCNN(nn.Module):
+class PixelCNN(Generative):
     """PixelCNN for 8x8 images with `levels` grey levels (digits: 17, values 0..16): a type-A masked
     convolution, residual blocks of type-B masked convolutions, and 1x1 convolutions to per-pixel logits.
 
@@ -316,11 +306,7 @@ class PixelCNN(nn.Module):
         self.blocks = nn.Sequential(*[_ResidualB(channels, kernel_size) for _ in range(blocks)])
         self.head = nn.Sequential(nn.GELU(), nn.Conv2d(channels, channels, 1), nn.GELU(),
                                   nn.Conv2d(channels, self.levels, 1))
-        self.last_nfe = 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.head[-1].weight.device
+        self.base = Noise(("uniform", self.SIZE**2))
 
     def _check_images(self, x: torch.Tensor) -> torch.Tensor:
         x = check_tensor("x", x, ndim=4, shape_tail=(1, self.SIZE, self.SIZE))
@@ -348,15 +334,20 @@ class PixelCNN(nn.Module):
         with torch.no_grad():
             return float(nats_to_bits_per_dim(-self.log_prob(x).mean(), self.SIZE**2))
 
+    def networks(self) -> list[nn.Module]:
+        return [self]
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, *, u: torch.Tensor | None = None,
-               x: torch.Tensor | None = None, start: int = 0, temperature: float = 1.0) -> torch.Tensor:
-        """n images (n, 1, 8, 8), pixel by pixel in raster order by inverse-CDF sampling.
+    def transform(self, u: torch.Tensor, *, x: torch.Tensor | None = None, start: int = 0,
+                  temperature: float = 1.0) -> torch.Tensor:
+        """Uniforms (n, 64) to images (n, 1, 8, 8), pixel by pixel in raster order by the inverse CDF of each
+        conditional (pixel i reads u[:, i]).
 
         Pass `x` (n, 1, 8, 8) and `start` to keep its first `start` pixels (raster order) and complete the
-        rest (``start=32`` keeps the top half). `u` (n, 64) gives the uniforms explicitly.
+        rest (``start=32`` keeps the top half).
         """
-        check_positive_int("n", n)
+        u = check_tensor("u", u, ndim=2)
+        n = u.shape[0]
         check_positive_int("start", start, minimum=0)
         if start > self.SIZE**2:
             raise ValueError(f"start: expected at most {self.SIZE**2} pixels, got {start}")
@@ -369,16 +360,11 @@ class PixelCNN(nn.Module):
             img = self._check_images(x).to(dev).clone()
             if img.shape[0] != n:
                 raise ValueError(f"x: expected {n} images, got shape {tuple(img.shape)}")
-        if u is not None:
-            u = _check_uniforms("u", u, (n, self.SIZE**2)).to(dev)
-        nfe = 0
+        u = _check_uniforms("u", u, (n, self.SIZE**2)).to(dev)
         for pos in range(start, self.SIZE**2):
             r, c = divmod(pos, self.SIZE)
             logits = self(img)[:, :, r, c]
-            nfe += 1
-            img[:, 0, r, c] = sample_logits(logits, temperature=temperature, generator=generator,
-                                            u=None if u is None else u[:, pos]).to(img.dtype)
-        self.last_nfe = nfe
+            img[:, 0, r, c] = sample_logits(logits, temperature=temperature, u=u[:, pos]).to(img.dtype)
         return img
 
     def complete(self, x: torch.Tensor, keep_rows: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -409,7 +395,7 @@ class _Block(nn.Module):
         return h + self.mlp(self.ln2(h))
 
 
-class CausalTransformer(nn.Module):
+class CausalTransformer(Generative):
     """A decoder-only (GPT-style) transformer over token sequences: token and learned position embeddings,
     pre-norm blocks of causal self-attention and MLP, logits for the next token at every position.
 
@@ -435,11 +421,8 @@ class CausalTransformer(nn.Module):
         self.blocks = nn.Sequential(*[_Block(d_model, n_heads) for _ in range(n_layers)])
         self.ln = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)
-        self.last_nfe = 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
+        # one uniform per generated position (the inverse-CDF view of ancestral sampling)
+        self.base = Noise(("uniform", block_size))
 
     def n_params(self) -> int:
         """Number of parameters without the embeddings (the 'N' of scaling laws)."""
@@ -488,10 +471,21 @@ class CausalTransformer(nn.Module):
         nll, count = self.token_nll(tokens)
         return nll.sum() / count.sum().clamp_min(1)
 
+    def networks(self) -> list[nn.Module]:
+        return [self]
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
-        """n token sequences (n, L) by ancestral sampling (see :meth:`generate` for the options)."""
-        return self.generate(n, generator=generator, **kwargs)
+    def transform(self, u: torch.Tensor, **options) -> torch.Tensor:
+        """Uniforms (n, block_size) to token sequences (n, L): ancestral sampling in which the token at step i
+        is the inverse CDF of its conditional at u[:, i] (options of :meth:`generate`: temperature, top_k,
+        top_p, max_len, prefix; the steps use the first max_len uniforms)."""
+        u = check_tensor("u", u, ndim=2)
+        if u.shape[1] != self.block_size:
+            raise ValueError(f"u: expected uniforms of shape (n, {self.block_size}), got {tuple(u.shape)}")
+        prefix = options.get("prefix")
+        room = self.block_size - (1 if prefix is None else prefix.shape[1]) + 1
+        max_len = options.get("max_len") or room
+        return self.generate(u.shape[0], u=u[:, :max_len], **options)
 
     @torch.no_grad()
     def generate(self, n: int, *, strategy: str = "sample", temperature: float = 1.0, top_k: int | None = None,
@@ -527,10 +521,8 @@ class CausalTransformer(nn.Module):
             u = _check_uniforms("u", u, (n, max_len)).to(self.device)
         seq = prefix.expand(n, -1).clone()
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
-        nfe = 0
         for step in range(max_len):
             logits = self._next_logits(seq)
-            nfe += 1
             nxt = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                 greedy=strategy == "greedy", generator=generator,
                                 u=None if u is None else u[:, step])
@@ -540,7 +532,6 @@ class CausalTransformer(nn.Module):
             seq = torch.cat([seq, nxt[:, None]], 1)
             if self.stop is not None and bool(done.all()):
                 break
-        self.last_nfe = nfe
         return seq
 
     def _next_logits(self, seq: torch.Tensor) -> torch.Tensor:
@@ -558,10 +549,8 @@ class CausalTransformer(nn.Module):
         beams = prefix.clone()
         scores = torch.zeros(1, device=self.device)
         finished: list[tuple[float, torch.Tensor]] = []
-        nfe = 0
         for step in range(max_len):
             logp = torch.log_softmax(self._next_logits(beams), -1)
-            nfe += 1
             cand = (scores[:, None] + logp).flatten()
             top = torch.topk(cand, min(2 * width, cand.numel()))
             new_beams, new_scores = [], []
@@ -585,14 +574,13 @@ class CausalTransformer(nn.Module):
             beams = torch.stack(new_beams)
             scores = torch.tensor(new_scores, device=self.device)
         finished.sort(key=lambda t: -t[0])
-        self.last_nfe = nfe
         out = [s for _, s in finished[:n]]
         length = max(s.shape[0] for s in out)
         pad = self.stop if self.stop is not None else self.bos
         return torch.stack([F.pad(s, (0, length - s.shape[0]), value=pad) for s in out])
 
 
-class CodePrior(nn.Module):
+class CodePrior(Generative):
     """An autoregressive prior over the code grids (B, h, w) of a VQ-VAE: the grid is read in raster order
     as a sequence of ``h * w`` tokens after a start token (id ``codebook_size``) and modelled by a
     :class:`CausalTransformer`. ``sample(n)`` returns code grids, so it can be passed to ``VQVAE.sample(n,
@@ -606,7 +594,7 @@ class CodePrior(nn.Module):
         length = self.code_shape[0] * self.code_shape[1]
         self.net = CausalTransformer(codebook_size + 1, length, d_model, n_layers, n_heads,
                                      bos=codebook_size, stop=None)
-        self.last_nfe = 0
+        self.base = Noise(("uniform", length))
 
     def _tokens(self, idx: torch.Tensor) -> torch.Tensor:
         if not isinstance(idx, torch.Tensor) or idx.dtype != torch.long or tuple(idx.shape[1:]) != self.code_shape:
@@ -626,20 +614,27 @@ class CodePrior(nn.Module):
         """Mean NLL per code (nats)."""
         return self.net.loss(self._tokens(idx))
 
+    def networks(self) -> list[nn.Module]:
+        return [self.net]
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
-        """n code grids (n, h, w), long, by ancestral sampling (options of :meth:`CausalTransformer.generate`)."""
-        seq = self.net.generate(n, generator=generator, **kwargs)
-        self.last_nfe = self.net.last_nfe
+    def transform(self, u: torch.Tensor, **options) -> torch.Tensor:
+        """Uniforms (n, h * w) to code grids (n, h, w), long, by ancestral sampling in raster order
+        (options of :meth:`CausalTransformer.generate`, such as temperature)."""
+        seq = self.net.transform(u, **options)
         return seq[:, 1:].reshape(-1, *self.code_shape)
 
 
 # --------------------------------------------------------------------------------- text helpers
 
 
-def names_tokens(words: list[str], tokenizer, device=None) -> torch.Tensor:
-    """Boundary-wrapped, padded token ids (N, L) of a list of names (the tokenizer's ``batch``)."""
-    return tokenizer.batch(words, device=device)
+def char_transformer(corpus: str = "surnames", block_size: int = 16, d_model: int = 32, n_layers: int = 2,
+                     n_heads: int = 4) -> CausalTransformer:
+    """A character-level :class:`CausalTransformer` with the vocabulary of a ``genlib.data.names_corpus``."""
+    from ..data import names_corpus
+
+    vocab = names_corpus(corpus).tokenizer.vocab_size
+    return CausalTransformer(vocab, block_size, d_model, n_layers, n_heads)
 
 
 def sequence_nll(model: CausalTransformer, tokens: torch.Tensor, batch_size: int = 4096) -> float:

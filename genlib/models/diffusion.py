@@ -12,8 +12,8 @@ The module reads top to bottom like the chapter:
    and its weighting;
 4. samplers, all built on :mod:`genlib.solvers`: ancestral DDPM, the reverse SDE (Euler-Maruyama),
    the probability-flow ODE (Euler, Heun), DDIM with any number of steps, annealed Langevin and a
-   predictor-corrector sampler. Every sampler records its number of network evaluations in
-   ``model.last_nfe``.
+   predictor-corrector sampler. Each is a deterministic map of the model's base draw (``base_for``), which
+   holds the starting noise and every step's noise.
 
 Any noise predictor can be plugged in, for example :class:`ExactMixtureScore`, the exact score of
 a noised Gaussian mixture, so that the samplers can be checked without learning.
@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from .. import solvers
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, randn
+from .._util import NoiseTape, check_choice, check_positive_float, check_positive_int, check_tensor, randn
 from ..nn import MLP
+from .base import Generative, Noise, standard_normal_log_prob
 
 __all__ = [
     "SCHEDULES",
@@ -40,6 +41,7 @@ __all__ = [
     "convert",
     "Diffusion",
     "DenoiserMLP",
+    "diffusion_model",
     "ExactMixtureScore",
     "q_sample",
     "ddpm_betas",
@@ -292,18 +294,25 @@ class ExactMixtureScore(nn.Module):
 # ----------------------------------------------------------------------------------------- model
 
 
-class Diffusion(nn.Module):
+class Diffusion(Generative):
     """A diffusion model: a schedule and a network ``net(x_in, t)`` predicting the noise, the score or x_0.
 
     With ``data_std`` the network sees x_t / sqrt(alpha_t^2 data_std^2 + sigma_t^2), an input of
     roughly unit scale at every t (essential for VE, where sigma_t reaches sigma_max).
     ``sampler`` and ``steps`` set what :meth:`sample` does by default. ``t_power`` p draws the training times
     as t = t_min + (1 - t_min) u^p, u ~ U(0, 1): p > 1 spends more of the budget near the data.
+
+    The model owns its data space: data of shape ``data_shape`` are mapped to the network's flat space by
+    ``(x - shift) / scale`` (digits: 0..16 to [-1, 1]) and samples come back in data units, clamped to
+    ``clamp`` where one is set. The base of the default sampler holds all of its randomness: the starting
+    noise and, for a stochastic sampler, every step's noise (``base_for``).
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule | None = None, prediction: str = "eps",
                  weighting: str = "eps", data_std: float | None = 1.0, sampler: str = "sde", steps: int = 100,
-                 spacing: str = "uniform", denoise: bool = True, t_power: float = 1.0):
+                 spacing: str = "uniform", denoise: bool = True, t_power: float = 1.0,
+                 data_shape: tuple[int, ...] | None = None, shift: float = 0.0, scale: float = 1.0,
+                 clamp: tuple[float, float] | None = None):
         super().__init__()
         self.net = net
         self.schedule = schedule if schedule is not None else Schedule()
@@ -312,16 +321,22 @@ class Diffusion(nn.Module):
         self.data_std = None if data_std is None else check_positive_float("data_std", data_std)
         self.sampler = check_choice("sampler", sampler, SAMPLERS)
         self.steps = check_positive_int("steps", steps)
-        self.spacing = self._spacing = check_choice("spacing", spacing, SPACINGS)
+        self.spacing = check_choice("spacing", spacing, SPACINGS)
         self.denoise = bool(denoise)
         self.t_power = check_positive_float("t_power", t_power)
         self.dim = getattr(net, "dim", 2)
+        self.data_shape = tuple(data_shape) if data_shape is not None else self._shape()
+        if math.prod(self.data_shape) != math.prod(self._shape()):
+            raise ValueError(f"data_shape: expected {math.prod(self._shape())} elements, got {self.data_shape}")
+        self.register_buffer("shift", torch.tensor(float(shift)), persistent=False)
+        self.register_buffer("scale", torch.tensor(check_positive_float("scale", scale)), persistent=False)
+        self.clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
         self.register_buffer("_anchor", torch.zeros(()))  # carries the device when the net has no parameters
-        self.last_nfe = 0
 
-    @property
-    def device(self) -> torch.device:
-        return self._anchor.device
+    def networks(self) -> list[nn.Module]:
+        """The network ``net``, whatever module it is (an MLP, or a plugged-in exact score): each call of it is
+        one network evaluation."""
+        return [self.net]
 
     # --- the network in each parameterisation
     def _coefs(self, x: torch.Tensor, t):
@@ -334,7 +349,6 @@ class Diffusion(nn.Module):
         x_in = x
         if self.data_std is not None:
             x_in = x / _col(torch.sqrt(a**2 * self.data_std**2 + s**2), x)
-        self.last_nfe += 1
         return convert(self.net(x_in, t), self.prediction, to, x, a, s)
 
     def eps(self, x, t):
@@ -351,14 +365,14 @@ class Diffusion(nn.Module):
 
     # --- training
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        """Denoising score matching: E_t E_eps w(t) |eps_theta(x_t, t) - eps|^2 with t ~ U(t_min, 1).
+        """Denoising score matching: ``E_t E_eps w(t) |eps_theta(x_t, t) - eps|^2`` with t ~ U(t_min, 1).
 
         weighting 'eps' (w = 1, DDPM's simple loss = sigma^2-weighted score matching), 'score'
         (w = 1 / sigma^2: the plain score error) or 'x0' (w = alpha^2 / sigma^2: the error of x_0).
         With ``t_power`` p != 1, t = t_min + (1 - t_min) u^p: the same minimiser, a weighting by the density of t
         (for p > 1 decreasing in t, so the small noise levels, where the ODE samplers are most sensitive, get more).
         """
-        x0 = check_tensor("x", x0)
+        x0 = self.normalize(x0)
         tm = self.schedule.t_min
         t = tm + (1 - tm) * torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype) ** self.t_power
         eps = torch.randn_like(x0)
@@ -371,86 +385,128 @@ class Diffusion(nn.Module):
             err = err * a**2 / s**2
         return err.mean()
 
-    # --- sampling
-    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws of the base noise N(0, sigma_1^2 I) (and alpha_1 ~ 0) on the model's device."""
-        check_positive_int("n", n)
-        return self.schedule.prior_std() * randn((n, *self._shape()), device=self.device, generator=generator)
+    # --- data space <-> the network's space
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Data ``(B, *data_shape)`` to the network's space ``(B, *net_shape)``: ``(x - shift) / scale``."""
+        x = check_tensor("x", x)
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"x: expected shape (B, {', '.join(map(str, self.data_shape))}), got {tuple(x.shape)}")
+        return ((x - self.shift) / self.scale).reshape(x.shape[0], *self._shape())
 
+    def denormalize(self, y: torch.Tensor) -> torch.Tensor:
+        """The network's space back to data units ``(B, *data_shape)``, clamped where the model sets a range.
+        Works on trajectories too (any leading dimensions)."""
+        lead = y.shape[: y.ndim - len(self._shape())]
+        x = (y * self.scale + self.shift).reshape(*lead, *self.data_shape)
+        return x.clamp(*self.clamp) if self.clamp is not None else x
+
+    # --- sampling
     def _shape(self) -> tuple[int, ...]:
         return tuple(getattr(self.net, "event_shape", (self.dim,)))
 
-    def _grid(self, steps: int, like: torch.Tensor) -> torch.Tensor:
-        return self.schedule.grid(steps, like=like, spacing=self._spacing)
+    def _grid(self, steps: int, like: torch.Tensor, spacing: str) -> torch.Tensor:
+        return self.schedule.grid(steps, like=like, spacing=spacing)
 
     def _finish(self, x: torch.Tensor, t_end) -> torch.Tensor:
         return self.x0(x, t_end) if self.denoise else x
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
-               steps: int | None = None, x1: torch.Tensor | None = None, return_trajectory: bool = False,
-               spacing: str | None = None, **options):
-        """n samples with a sampler ('ddpm', 'sde', 'ode', 'ddim', 'langevin', 'pc'), a number of steps and
-        a time spacing ('uniform', 'quadratic', 'logsnr'; default: the model's).
-
-        ``x1`` replaces the base noise (n rows). With ``return_trajectory`` also returns the states on
-        the time grid, shape (steps + 1, n, ...). Options go to the sampler (``method`` for 'ode',
-        ``eta`` for 'ddim', ``corrector_steps`` and ``snr`` for 'pc', ``steps_per_level`` and ``eps``
-        for 'langevin'). ``self.last_nfe`` holds the number of network evaluations.
-        """
+    def _settings(self, sampler, steps, spacing):
         sampler = check_choice("sampler", sampler if sampler is not None else self.sampler, SAMPLERS)
         steps = check_positive_int("steps", steps if steps is not None else self.steps)
-        if x1 is None:
-            x1 = self.prior(n, generator)
-        else:
-            x1 = check_tensor("x1", x1)
-            if x1.shape[0] != n:
-                raise ValueError(f"x1: expected {n} rows, got shape {tuple(x1.shape)}")
-            x1 = x1.to(self.device)
-        self._spacing = check_choice("spacing", spacing if spacing is not None else self.spacing, SPACINGS)
-        self.last_nfe = 0
+        spacing = check_choice("spacing", spacing if spacing is not None else self.spacing, SPACINGS)
+        return sampler, steps, spacing
+
+    def noise_draws(self, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
+                    **options) -> int:
+        """How many fresh noise draws (each of the data's shape) a sampler takes after its starting point."""
+        sampler, steps, spacing = self._settings(sampler, steps, spacing)
+        if sampler == "ode" or (sampler == "ddim" and not options.get("eta", 0.0)):
+            return 0
+        if sampler in ("ddpm", "sde", "ddim"):
+            return steps - 1
+        if sampler == "pc":
+            return (steps - 1) * (1 + options.get("corrector_steps", 1))
+        grid = self._grid(steps, self._anchor, spacing)
+        levels = len({float(self.schedule.sigma(t)) for t in grid})
+        return levels * options.get("steps_per_level", 10)
+
+    def base_for(self, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
+                 **options) -> Noise:
+        """The base of a sampler: N(0, I) of the network's shape for a deterministic one (the ODE, DDIM with eta 0),
+        else a tensor ``(n, 1 + K, *shape)`` of the starting noise and the K step noises it draws."""
+        k = self.noise_draws(sampler, steps, spacing, **options)
+        shape = self._shape() if k == 0 else (1 + k, *self._shape())
+        return Noise(("normal", shape)).to(self.device)
+
+    @property
+    def base(self) -> Noise:
+        """The base of the default sampler (``sampler``, ``steps``)."""
+        return self.base_for()
+
+    @torch.no_grad()
+    def transform(self, noise: torch.Tensor, sampler: str | None = None, steps: int | None = None,
+                  spacing: str | None = None, return_trajectory: bool = False, **options):
+        """The sampler as a deterministic map of its base draw (``base_for(sampler, steps, ...)``): a sampler
+        ('ddpm', 'sde', 'ode', 'ddim', 'langevin', 'pc'; default the model's), a number of steps and a time
+        spacing ('uniform', 'quadratic', 'logsnr').
+
+        The first noise, scaled by sigma_1, is the starting point x_1; a stochastic sampler reads its step noises
+        from the rest in order. Returns data ``(B, *data_shape)``; with ``return_trajectory`` also the states on the
+        time grid in the network's space, shape (steps + 1, B, ...) (``denormalize`` maps them to data). Options
+        go to the sampler (``method`` for 'ode', ``eta`` for 'ddim', ``corrector_steps`` and ``snr`` for 'pc',
+        ``steps_per_level`` and ``eps`` for 'langevin').
+        """
+        sampler, steps, spacing = self._settings(sampler, steps, spacing)
+        noise = self.base_for(sampler, steps, spacing, **options).split(noise)[0].to(self.device)
+        k = self.noise_draws(sampler, steps, spacing, **options)
+        x1 = self.schedule.prior_std() * (noise if k == 0 else noise[:, 0])
+        tape = None if k == 0 else NoiseTape(noise[:, 1:])
         fn = {"ddpm": self._ddpm, "sde": self._sde, "ode": self._ode, "ddim": self._ddim,
               "langevin": self._langevin, "pc": self._pc}[sampler]
-        x, traj = fn(x1, steps, generator, **options)
+        x, traj = fn(x1, self._grid(steps, x1, spacing), tape, **options)
+        if tape is not None and tape.remaining:
+            raise RuntimeError(f"noise: the {sampler} sampler left {tape.remaining} of its draws unread")
+        x = self.denormalize(x)
         return (x, traj) if return_trajectory else x
 
-    def transform(self, z: torch.Tensor, steps: int | None = None, method: str = "heun") -> torch.Tensor:
-        """The deterministic map from base noise z ~ N(0, I) to data: the probability-flow ODE from t = 1."""
-        z = check_tensor("z", z)
-        return self.sample(z.shape[0], sampler="ode", steps=steps or self.steps,
-                           x1=self.schedule.prior_std() * z, method=method)
+    def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
+               steps: int | None = None, spacing: str | None = None, return_trajectory: bool = False, **options):
+        """n samples in data units: ``transform(base_for(sampler, steps, ...).sample(n), sampler, steps, ...)``."""
+        check_positive_int("n", n)
+        noise = self.base_for(sampler, steps, spacing, **options).sample(n, generator)
+        return self.transform(noise, sampler, steps, spacing, return_trajectory, **options)
 
-    def ode_log_prob(self, x: torch.Tensor, steps: int = 32, method: str = "rk4") -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, steps: int = 32, method: str = "rk4") -> torch.Tensor:
         """Exact log-density of the *probability-flow ODE's* distribution (the deterministic sampler's, not the
-        reverse SDE's) at points x (B, d), by the instantaneous change of variables from t_min to t = 1
+        reverse SDE's) at data x, by the instantaneous change of variables from t_min to t = 1
         (:func:`genlib.solvers.log_prob_ode` with the exact divergence; base N(0, sigma_1^2 I))."""
-        x = check_tensor("x", x, ndim=2, last_dim=self.dim)
+        y = self.normalize(x).to(self.device).reshape(x.shape[0], -1)
         s1 = self.schedule.prior_std()
-        d = x.shape[1]
+        d = y.shape[1]
 
-        def base(y):
-            return -0.5 * (y**2).sum(-1) / s1**2 - d * math.log(s1) - 0.5 * d * math.log(2 * math.pi)
+        def base(v):
+            return standard_normal_log_prob(v / s1) - d * math.log(s1)
 
-        return solvers.log_prob_ode(self._drift_ode, x.to(self.device), base, steps=steps, method=method,
-                                    t_data=float(self.schedule.t_min), t_noise=1.0)
+        with torch.no_grad():
+            lp = solvers.log_prob_ode(self._drift_ode, y, base, steps=steps, method=method,
+                                      t_data=float(self.schedule.t_min), t_noise=1.0)
+        return lp - d * torch.log(self.scale)
 
     def _drift_ode(self, t, x):
         return _col(self.schedule.f(t), x) * x - 0.5 * _col(self.schedule.g2(t), x) * self.score(x, t)
 
-    def _ode(self, x1, steps, generator=None, method: str = "heun"):
+    def _ode(self, x1, grid, generator=None, method: str = "heun"):
         check_choice("method", method, ("euler", "heun"))
-        grid = self._grid(steps, x1)
         x, traj = solvers.odeint(self._drift_ode, x1, ts=grid, method=method, return_trajectory=True)
         x = self._finish(x, grid[-1])
         return x, torch.cat([traj[:-1], x[None]])
 
-    def _sde(self, x1, steps, generator=None):
+    def _sde(self, x1, grid, generator=None):
         sched = self.schedule
 
         def drift(t, x):
             return _col(sched.f(t), x) * x - _col(sched.g2(t), x) * self.score(x, t)
 
-        grid = self._grid(steps, x1)
         x, traj = solvers.sdeint(drift, lambda t: sched.g2(t).sqrt(), x1, ts=grid, generator=generator,
                                  return_trajectory=True, final_noise=False)
         x = self._finish(x, grid[-1])
@@ -466,9 +522,10 @@ class Diffusion(nn.Module):
         c_0 = a_s * var_ts / s_t**2
         return c_t, c_0, var_ts * s_s**2 / s_t**2
 
-    def _ddpm(self, x1, steps, generator=None):
+    def _ddpm(self, x1, grid, generator=None):
         """Ancestral sampling: x_s ~ q(x_s | x_t, x_0 = x_theta(x_t, t)) down the grid; no noise at the last step."""
-        grid = self._grid(steps, x1).to(x1.dtype)
+        steps = grid.numel() - 1
+        grid = grid.to(x1.dtype)
         x, traj = x1, [x1]
         for i in range(steps):
             t, s = grid[i], grid[i + 1]
@@ -481,11 +538,12 @@ class Diffusion(nn.Module):
         traj[-1] = x
         return x, torch.stack(traj)
 
-    def _ddim(self, x1, steps, generator=None, eta: float = 0.0):
+    def _ddim(self, x1, grid, generator=None, eta: float = 0.0):
         """DDIM: x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z with c = eta * (ancestral std)."""
         eta = check_positive_float("eta", eta, allow_zero=True)
         sched = self.schedule
-        grid = self._grid(steps, x1).to(x1.dtype)
+        steps = grid.numel() - 1
+        grid = grid.to(x1.dtype)
         x, traj = x1, [x1]
         for i in range(steps):
             t, s = grid[i], grid[i + 1]
@@ -500,12 +558,11 @@ class Diffusion(nn.Module):
         traj[-1] = x
         return x, torch.stack(traj)
 
-    def _langevin(self, x1, steps, generator=None, steps_per_level: int = 10, eps: float = 2e-5):
+    def _langevin(self, x1, grid, generator=None, steps_per_level: int = 10, eps: float = 2e-5):
         """Annealed Langevin dynamics (NCSN) on the steps + 1 noise levels sigma_t of the time grid; VE only."""
         sched = self.schedule
         if sched.kind != "ve":
             raise ValueError("sampler: 'langevin' needs a VE schedule (noise levels x + sigma eps)")
-        grid = self._grid(steps, x1)
         sigmas = [float(sched.sigma(t)) for t in grid[:-1]] + [float(sched.sigma(grid[-1]))]
         sigmas = sorted(set(sigmas), reverse=True)
         traj = [x1]
@@ -519,7 +576,7 @@ class Diffusion(nn.Module):
         traj[-1] = x
         return x, torch.stack(traj)
 
-    def _pc(self, x1, steps, generator=None, corrector_steps: int = 1, snr: float = 0.1):
+    def _pc(self, x1, grid, generator=None, corrector_steps: int = 1, snr: float = 0.1):
         """Predictor-corrector: one reverse-SDE Euler-Maruyama step, then Langevin corrector steps with
         step size 2 (snr sigma_t alpha_t)^2 at the new time (Song et al., 2021)."""
         check_positive_int("corrector_steps", corrector_steps, minimum=0)
@@ -529,7 +586,7 @@ class Diffusion(nn.Module):
         def drift(t, x):
             return _col(sched.f(t), x) * x - _col(sched.g2(t), x) * self.score(x, t)
 
-        grid = self._grid(steps, x1)
+        steps = grid.numel() - 1
         x, traj = x1, [x1]
         for i in range(steps):
             x = solvers.sdeint(drift, lambda t: sched.g2(t).sqrt(), x, ts=grid[i:i + 2], generator=generator,
@@ -542,3 +599,13 @@ class Diffusion(nn.Module):
         x = self._finish(x, grid[-1])
         traj[-1] = x
         return x, torch.stack(traj)
+
+
+def diffusion_model(dim: int = 2, hidden: int = 128, depth: int = 3, time_embed_dim: int = 32,
+                    time_scale: float = 1000.0, schedule: str = "vp_linear", schedule_args: dict | None = None,
+                    **options) -> Diffusion:
+    """A :class:`Diffusion` model with a :class:`DenoiserMLP` on vectors of size `dim` and a :class:`Schedule`
+    (``schedule`` and ``schedule_args``); the other keyword arguments go to :class:`Diffusion`."""
+    sched = Schedule(schedule, **(schedule_args or {}))
+    net = DenoiserMLP(dim, hidden, depth, time_embed_dim=time_embed_dim, time_scale=time_scale)
+    return Diffusion(net, sched, **options)

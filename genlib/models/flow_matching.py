@@ -42,6 +42,7 @@ from .._util import (
 )
 from ..data import IsotropicGaussianMixture
 from ..nn import MLP
+from .base import Generative, Noise
 
 __all__ = [
     "PATHS",
@@ -68,21 +69,13 @@ COUPLINGS = ("independent", "ot", "sinkhorn")
 # ------------------------------------------------------------------------------------------ sources
 
 
-class GaussianSource(nn.Module):
-    """The standard normal N(0, I) in R^dim: the usual source p_0."""
+class GaussianSource(Noise):
+    """The standard normal N(0, I) in R^dim: the usual source p_0 (the base :class:`genlib.models.base.Noise` with
+    a ``dim``)."""
 
     def __init__(self, dim: int):
-        super().__init__()
-        self.dim = check_positive_int("dim", dim)
-        self.register_buffer("_anchor", torch.zeros(()))  # follows .to(device); tells where to sample
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        check_positive_int("n", n)
-        return randn((n, self.dim), like=self._anchor, generator=generator)
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_tensor("x", x, last_dim=self.dim)
-        return -0.5 * (x**2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+        super().__init__(("normal", check_positive_int("dim", dim)))
+        self.dim = dim
 
 
 class MixtureSource(nn.Module):
@@ -129,10 +122,6 @@ class EmpiricalSource(nn.Module):
         u = rand((n,), like=self.points, generator=generator)
         idx = (u * self.points.shape[0]).long().clamp_max(self.points.shape[0] - 1)
         return self.points[idx]
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("EmpiricalSource has no density; use a GaussianSource or a MixtureSource "
-                                  "for log_prob, or sample() only")
 
 
 # ------------------------------------------------------------------------------------ probability paths
@@ -241,7 +230,7 @@ def _check_pair(x0: torch.Tensor, x1: torch.Tensor) -> None:
 
 
 def transport_cost(x0: torch.Tensor, x1: torch.Tensor) -> float:
-    """Mean squared distance between paired rows: (1/B) sum_i |x1_i - x0_i|^2."""
+    """Mean squared distance between paired rows: ``(1/B) sum_i |x1_i - x0_i|^2``."""
     _check_pair(x0, x1)
     return float(((x1 - x0) ** 2).flatten(1).sum(1).mean())
 
@@ -281,7 +270,7 @@ def couple(x0: torch.Tensor, x1: torch.Tensor, coupling: str = "ot", reg: float 
 # ------------------------------------------------------------------------------------------ the model
 
 
-class FlowMatching(nn.Module):
+class FlowMatching(Generative):
     """A flow-matching model: a velocity field v_theta(t, x) trained by conditional flow matching.
 
     Data live in R^dim (``shape`` gives the shape of one data point, e.g. ``(1, 8, 8)``); the network works
@@ -306,7 +295,7 @@ class FlowMatching(nn.Module):
         beta_max: float = 20.0,
         coupling: str = "independent",
         reg: float = 0.05,
-        source: nn.Module | None = None,
+        source: nn.Module | str | None = None,
         shape: tuple[int, ...] | None = None,
         shift: float = 0.0,
         scale: float = 1.0,
@@ -324,6 +313,11 @@ class FlowMatching(nn.Module):
         self.coupling = check_choice("coupling", coupling, COUPLINGS)
         self.reg = check_positive_float("reg", reg)
         self.net = net if net is not None else MLP(dim, dim, hidden, depth, activation, time_embed_dim, time_scale)
+        if isinstance(source, str):  # a named source: the standard normal, or the eight Gaussians' exact law
+            from ..data import eight_gaussians_density
+
+            check_choice("source", source, ("gaussian", "eight_gaussians"))
+            source = MixtureSource(eight_gaussians_density()) if source == "eight_gaussians" else None
         self.source = source if source is not None else GaussianSource(dim)
         if getattr(self.source, "dim", dim) != dim:
             raise ValueError(f"source: expected a distribution on R^{dim}, got dimension {self.source.dim}")
@@ -333,18 +327,34 @@ class FlowMatching(nn.Module):
         self.steps = check_positive_int("steps", steps)
         self.method = check_choice("method", method, solvers.METHODS)
         self.t_power = check_positive_float("t_power", t_power)
-        self.last_nfe = 0
+
+    @property
+    def base(self) -> nn.Module:
+        """The base distribution of the map T (the source p_0)."""
+        return self.source
+
+    @torch.no_grad()
+    def standardize(self, x: torch.Tensor) -> None:
+        """Set the data scaling from a data set: shift = its mean, scale = its standard deviation (one scalar
+        each; for latent codes, whose scale the model cannot know in advance)."""
+        x = check_tensor("x", x, min_rows=2)
+        self.shift.fill_(float(x.mean()))
+        self.scale.fill_(float(x.std()))
+
+    def networks(self) -> list[nn.Module]:
+        """The velocity network ``net``, whatever module it is: each call of it is one network evaluation."""
+        return [self.net]
 
     # -- data space <-> model space
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Data (B, *shape) to model space (B, dim)."""
+        """Data ``(B, *shape)`` to model space (B, dim)."""
         x = check_tensor("x", x, min_rows=1)
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"x: expected shape (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
         return ((x - self.shift) / self.scale).reshape(x.shape[0], self.dim)
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
-        """Model space (B, dim) to data (B, *shape), clamped to the data range where one is set."""
+        """Model space (B, dim) to data ``(B, *shape)``, clamped to the data range where one is set."""
         x = (y * self.scale + self.shift).reshape(y.shape[0], *self.shape)
         return x.clamp(*self.clamp) if self.clamp is not None else x
 
@@ -355,7 +365,7 @@ class FlowMatching(nn.Module):
         return self.net(y, t)
 
     def loss(self, x1: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
-        """Conditional flow matching: E_{t, (x_0, x_1)} |v_theta(t, x_t) - (da_t x_1 + db_t x_0)|^2 / dim.
+        """Conditional flow matching: ``E_{t, (x_0, x_1)} |v_theta(t, x_t) - (da_t x_1 + db_t x_0)|^2 / dim``.
 
         x_0 is drawn from the source and paired with x_1 by the model's coupling, unless given (reflow pairs).
         t = u^p with u uniform and p = ``t_power``: the same minimiser, weighted by the density of t.
@@ -384,26 +394,21 @@ class FlowMatching(nn.Module):
         method = self.method if method is None else check_choice("method", method, solvers.METHODS)
         with torch.no_grad():
             out = solvers.odeint(self.velocity, z, 0.0, 1.0, steps, method, return_trajectory=return_trajectory)
-        self.last_nfe = steps * solvers.NFE_PER_STEP[method]
         if return_trajectory:
             return self.denormalize(out[0]), out[1]
         return self.denormalize(out)
-
-    def sample(self, n: int, generator: torch.Generator | None = None, steps: int | None = None,
-               method: str | None = None) -> torch.Tensor:
-        """n samples: source points pushed through the ODE (``steps`` steps of ``method``)."""
-        check_positive_int("n", n)
-        return self.transform(self.source.sample(n, generator), steps, method)
 
     def log_prob(self, x: torch.Tensor, steps: int = 32, method: str = "rk4", divergence: str = "exact",
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Exact log-density of data x by the instantaneous change of variables through the ODE:
         log p_1(x) = log p_0(y_0) - int_0^1 div v_theta(t, y_t) dt, integrated backwards from t = 1."""
+        if not callable(getattr(self.source, "log_prob", None)):
+            raise ValueError(f"log_prob: this model's source ({type(self.source).__name__}) has no density, so "
+                             "neither has the model; use a GaussianSource or a MixtureSource for log_prob")
         y = self.normalize(x)
         with torch.no_grad():  # an evaluation, never a training objective here: keep no graph
             lp = solvers.log_prob_ode(self.velocity, y, self.source.log_prob, steps, method,
                                       divergence_method=divergence, t_data=1.0, t_noise=0.0, generator=generator)
-        self.last_nfe = steps * solvers.NFE_PER_STEP[method]
         return lp - self.dim * torch.log(self.scale)
 
 
@@ -427,7 +432,7 @@ def reflow_pairs(model: FlowMatching, n: int, steps: int = 100, method: str = "e
 
 def curvature(traj: torch.Tensor) -> float:
     """How far an Euler trajectory (T + 1, B, ...) is from a straight line at constant speed:
-    E sum_i h |(y_1 - y_0) - (y_{t_{i+1}} - y_{t_i}) / h|^2 / E |y_1 - y_0|^2, equal steps h = 1 / T.
+    ``E sum_i h |(y_1 - y_0) - (y_{t_{i+1}} - y_{t_i}) / h|^2 / E |y_1 - y_0|^2``, equal steps h = 1 / T.
 
     Zero exactly when every path is straight and traversed at constant speed; one Euler step is then exact.
     """

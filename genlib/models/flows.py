@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from .. import solvers
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
-from ..metrics import nats_to_bits_per_dim
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, nats_to_bits_per_dim, rand
 from ..nn import MLP
+from .base import Generative, Noise
 
 __all__ = [
     "ActNorm",
@@ -330,7 +330,7 @@ class Logit(nn.Module):
         return h, (-math.log(c) + nn.functional.logsigmoid(y) + nn.functional.logsigmoid(-y)).sum(1)
 
 
-class Flow(nn.Module):
+class Flow(Generative):
     """A normalizing flow: layers f_1, ..., f_L (data -> noise) over a standard normal base held in buffers.
 
     ``log_prob(x)`` is exact; ``loss(x)`` is the mean negative log-likelihood (maximum likelihood =
@@ -339,19 +339,20 @@ class Flow(nn.Module):
     every layer, for plotting the data pushed through the chain.
     """
 
-    def __init__(self, layers, dim: int):
+    def __init__(self, layers, dim: int, dequantize: bool = False):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
+        self.dequantize = bool(dequantize)
         self.layers = nn.ModuleList(layers)
         if len(self.layers) == 0:
             raise ValueError("layers: expected at least one layer")
         self.register_buffer("base_mean", torch.zeros(dim))
         self.register_buffer("base_log_std", torch.zeros(dim))
-        self.last_nfe = 0
+        self.base = Noise(("normal", dim))
 
     @property
     def n_networks(self) -> int:
-        """Number of layers holding a network (couplings): the network evaluations per pass."""
+        """The number of layers holding a network (the couplings), the network evaluations per pass."""
         return sum(isinstance(m, (AffineCoupling, SplineCoupling)) for m in self.layers)
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
@@ -392,7 +393,6 @@ class Flow(nn.Module):
         out = [z]
         for layer in reversed(self.layers):
             out.append(layer.inverse(out[-1])[0])
-        self.last_nfe = self.n_networks
         return out if return_intermediates else out[-1]
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -400,12 +400,12 @@ class Flow(nn.Module):
         return self.base_log_prob(z) + logdet
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean negative log-likelihood; a flow for integer images (``dequantize=True``) scores x + u with
+        fresh u ~ U[0, 1) (:func:`dequantize`), the bound on the discrete NLL."""
+        if self.dequantize:
+            x = dequantize(x)
         return -self.log_prob(x).mean()
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        check_positive_int("n", n)
-        z = randn((n, self.dim), like=self.base_mean, generator=generator)
-        return self.transform(self.base_mean + torch.exp(self.base_log_std) * z)
 
 
 def _alternating_masks(dim: int, n: int, kind: str) -> list[torch.Tensor]:
@@ -422,11 +422,12 @@ def _alternating_masks(dim: int, n: int, kind: str) -> list[torch.Tensor]:
 def coupling_flow(dim: int = 2, n_layers: int = 8, hidden: int = 64, depth: int = 2, mixing: str = "lu",
                   actnorm: bool = True, activation: str = "silu", masks: str = "checkerboard",
                   seed: int = 0, pre: list | None = None, coupling: str = "affine", bins: int = 8,
-                  bound: float = 4.0) -> Flow:
+                  bound: float = 4.0, dequantize: bool = False) -> Flow:
     """A RealNVP-style flow: n_layers blocks of [actnorm] -> [mixing] -> affine coupling, masks alternating.
 
     ``mixing`` is 'lu' (an invertible linear map), 'reverse' (a permutation) or 'none'. ``pre`` are fixed
-    layers applied to the data first (for example :class:`Logit` for bounded data).
+    layers applied to the data first (for example :class:`Logit` for bounded data). ``dequantize``: the data are
+    integer levels, dequantised by the loss (:class:`Flow`).
     """
     check_positive_int("dim", dim, minimum=2)
     check_positive_int("n_layers", n_layers)
@@ -450,7 +451,7 @@ def coupling_flow(dim: int = 2, n_layers: int = 8, hidden: int = 64, depth: int 
                                          activation=activation))
         else:
             layers.append(AffineCoupling(dim, mask, hidden=hidden, depth=depth, activation=activation))
-    return Flow(layers, dim)
+    return Flow(layers, dim, dequantize=dequantize)
 
 
 # ------------------------------------------------------------------------------------------ digits
@@ -460,9 +461,10 @@ DIGITS_LEVELS = 17  # pixel values 0..16
 
 def digits_flow(n_layers: int = 8, hidden: int = 256, depth: int = 2, alpha: float = 0.05, seed: int = 0) -> Flow:
     """A coupling flow for dequantised 8x8 digits on the 0..17 scale: a fixed logit layer maps the box
-    (0, 17)^64 to R^64, then coupling blocks with spatial checkerboard masks and LU mixing."""
+    (0, 17)^64 to R^64, then coupling blocks with spatial checkerboard masks and LU mixing. It trains on the
+    integer images (flattened to (N, 64)), which its loss dequantises."""
     return coupling_flow(64, n_layers, hidden, depth, mixing="lu", masks="checkerboard", seed=seed,
-                         pre=[Logit(64, upper=DIGITS_LEVELS, alpha=alpha)])
+                         pre=[Logit(64, upper=DIGITS_LEVELS, alpha=alpha)], dequantize=True)
 
 
 def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -493,7 +495,7 @@ def bits_per_pixel(flow: Flow, images: torch.Tensor, repeats: int = 4, seed: int
 # ------------------------------------------------------------------- continuous normalizing flow
 
 
-class CNF(nn.Module):
+class CNF(Generative):
     """A continuous normalizing flow: dx/dt = v_theta(t, x), noise at t = 0, data at t = 1.
 
     The field is a ``genlib.nn.MLP`` with a sinusoidal time embedding. ``transform(z)`` solves the ODE
@@ -519,14 +521,11 @@ class CNF(nn.Module):
         self.net = MLP(dim, dim, hidden=hidden, depth=depth, activation=activation,
                        time_embed_dim=time_embed_dim, time_scale=time_scale)
         self.register_buffer("base_mean", torch.zeros(dim))
-        self.last_nfe = 0
+        self.base = Noise(("normal", dim))
 
     def velocity(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
         """v_theta(t, x) for a batch x (B, dim) and a scalar time t."""
         return self.net(x, t)
-
-    def _nfe(self, steps: int, method: str) -> int:
-        return steps * solvers.NFE_PER_STEP[method]
 
     def transform(self, z: torch.Tensor, steps: int | None = None, method: str | None = None,
                   return_trajectory: bool = False):
@@ -534,13 +533,7 @@ class CNF(nn.Module):
         z = check_tensor("z", z, ndim=2, last_dim=self.dim)
         steps = self.steps if steps is None else check_positive_int("steps", steps)
         method = self.method if method is None else check_choice("method", method, solvers.METHODS)
-        self.last_nfe = self._nfe(steps, method)
         return solvers.odeint(self.velocity, z, 0.0, 1.0, steps, method, return_trajectory=return_trajectory)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        check_positive_int("n", n)
-        z = randn((n, self.dim), like=self.base_mean, generator=generator)
-        return self.transform(z)
 
     def log_prob(self, x: torch.Tensor, steps: int | None = None, method: str | None = None,
                  divergence: str | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -549,7 +542,6 @@ class CNF(nn.Module):
         steps = self.steps if steps is None else check_positive_int("steps", steps)
         method = self.method if method is None else check_choice("method", method, solvers.METHODS)
         divergence = self.divergence if divergence is None else divergence
-        self.last_nfe = self._nfe(steps, method)
         return solvers.log_prob_ode(self.velocity, x, steps=steps, method=method, divergence_method=divergence,
                                     t_data=1.0, t_noise=0.0, generator=generator)
 
@@ -565,7 +557,6 @@ class CNF(nn.Module):
             energies.append((v**2).sum(1).mean())
             return v
 
-        self.last_nfe = self._nfe(self.steps, self.method)
         logp = solvers.log_prob_ode(field, x, steps=self.steps, method=self.method,
                                     divergence_method=self.divergence, t_data=1.0, t_noise=0.0)
         return -logp.mean() + self.kinetic * torch.stack(energies).mean()

@@ -18,19 +18,20 @@ logit, which is exact and never takes the log of 0. A GAN has no log-density: ``
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, randn
 from ..nn import MLP, ConvDecoder, ConvEncoder
-from ..train import History, TrainingDiverged, batches, progress_bar
+from ..train import History, Player, TrainingDiverged
+from ..train import fit as fit_players
+from .base import Generative, Noise
 
 __all__ = ["LOSSES", "GAN", "mlp_gan", "dcgan", "critic_loss", "generator_loss", "gradient_penalty",
-           "clip_weights", "optimal_discriminator", "fit", "mode_monitor", "snapshots", "train_recipe",
+           "clip_weights", "optimal_discriminator", "fit", "mode_monitor", "snapshots", "mlp_rejection_sampler",
            "DensityRatio", "RejectionSampler", "rejection_sampler", "fit_rejection"]
 
 LOSSES = ("minimax", "ns", "wgan_clip", "wgan_gp")
@@ -39,7 +40,7 @@ LOSSES = ("minimax", "ns", "wgan_clip", "wgan_gp")
 # ------------------------------------------------------------------------------------------ model
 
 
-class GAN(nn.Module):
+class GAN(Generative):
     """A generator and a critic (discriminator), with the loss they are trained under.
 
     ``generator(z[, y])`` maps noise (B, latent_dim) to data in a normalised space; the data are
@@ -63,7 +64,7 @@ class GAN(nn.Module):
         self.loss_type, self.clip, self.gp_weight, self.n_classes = loss, float(clip), float(gp_weight), n_classes
         self.register_buffer("shift", torch.tensor(float(shift)))
         self.register_buffer("scale", torch.tensor(float(scale)))
-        self.last_nfe = 0
+        self.base = Noise(("normal", latent_dim))
 
     # --- the probability transformation ------------------------------------------------------
     def _labels(self, y, n: int, like: torch.Tensor) -> torch.Tensor | None:
@@ -71,8 +72,8 @@ class GAN(nn.Module):
             if y is not None:
                 raise ValueError("y: this GAN is unconditional; do not pass labels")
             return None
-        if y is None:
-            raise ValueError(f"y: this GAN is class-conditional ({self.n_classes} classes); pass labels")
+        if y is None:  # a conditional GAN without labels: they cycle through 0..n_classes-1
+            return torch.arange(n, device=like.device) % self.n_classes
         if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.shape != (n,):
             raise ValueError(f"y: expected {n} integer labels, got {y!r:.80}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
@@ -80,32 +81,22 @@ class GAN(nn.Module):
         return y.to(like.device).long()
 
     def transform(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The generator as a map from noise z (B, latent_dim) to data (B, *data_shape), deterministic."""
+        """The generator as a map from noise z (B, latent_dim) to data ``(B, *data_shape)``, deterministic.
+
+        A conditional GAN takes labels y (B,); without them the labels cycle through 0..n_classes-1.
+        There is no log-density: the generator defines p_theta only as the law of G(z)."""
         z = check_tensor("z", z, ndim=2, last_dim=self.latent_dim)
         y = self._labels(y, z.shape[0], z)
         out = self.generator(z) if y is None else self.generator(z, y)
-        self.last_nfe = 1
         return self.shift + self.scale * out.view(z.shape[0], *self.data_shape)
 
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        """n samples: z ~ N(0, I) pushed through the generator (one network evaluation), on the model's device.
+        """n samples ``transform(base.sample(n), y)``: z ~ N(0, I) through the generator, without gradients."""
+        return super().sample(n, generator, y=y)
 
-        A conditional GAN takes labels y (n,); without them the labels cycle through 0..n_classes-1.
-        """
-        check_positive_int("n", n)
-        like = self.shift
-        if self.n_classes and y is None:
-            y = torch.arange(n, device=like.device) % self.n_classes
-        z = randn((n, self.latent_dim), like=like, generator=generator)
-        with torch.no_grad():
-            return self.transform(z, y)
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(
-            "a GAN has no likelihood: the generator defines p_theta only as the law of G(z), with no density to "
-            "evaluate; use sample(n) and sample-based metrics (binned KL, W2, label entropy) instead")
-
-    log_prob.not_implemented = True
+    def networks(self) -> list[nn.Module]:
+        return [self.generator]
 
     # --- the critic --------------------------------------------------------------------------
     def critic_value(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,9 +114,6 @@ class GAN(nn.Module):
             raise ValueError(f"loss: a {self.loss_type} critic is not a probability; use critic_value(x)")
         return torch.sigmoid(self.critic_value(x, y))
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("a GAN is trained by a two-player game, not one loss: use genlib.models.gan.fit, "
-                                  "or critic_loss / generator_loss")
 
 
 class _ConditionalMLP(nn.Module):
@@ -260,14 +248,6 @@ def optimal_discriminator(p_data: torch.Tensor, p_model: torch.Tensor) -> torch.
 # ------------------------------------------------------------------------------------------ training
 
 
-def _optimizer(name: str, params, lr: float, betas: tuple[float, float]):
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=betas[0])
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    return torch.optim.Adam(params, lr=lr, betas=betas)
-
-
 def fit(
     model: GAN,
     data,
@@ -288,16 +268,24 @@ def fit(
     callback: Callable[[int, GAN, History], None] | None = None,
     progress: bool = True,
     desc: str | None = None,
+    monitor_every: int | None = None,
+    monitor_dataset: str = "eight_gaussians",
 ) -> History:
     """Train a GAN by alternating gradient play: `critic_steps` critic updates, then one generator update.
 
-    `data` is a tensor (N, *data_shape) or, for a conditional GAN, a tuple (x, labels). `steps` counts generator
+    This is :func:`genlib.train.fit` with two players (:class:`genlib.train.Player`): the same minibatches,
+    schedules, weight averaging (with its warm-up), progress bar, divergence errors and history; only the two
+    losses are the GAN's. Every update draws its own minibatch (the generator's gives its size and labels).
+
+    `data` is a tensor ``(N, *data_shape)`` or, for a conditional GAN, a tuple (x, labels). `steps` counts generator
     updates. The optimisers ("adam", "sgd" with momentum betas[0], "rmsprop") and their learning rates and betas
     are set separately for the two players (the critic's default to the generator's); ``schedule="cosine"`` decays
     both learning rates to 0. With ``ema`` (a decay such as 0.999) the returned generator holds an exponential
-    moving average of the generator's weights over training, which damps the oscillations of the game
-    (callbacks see the raw weights). For the clipped WGAN the
-    critic's weights are clipped after every critic step; for WGAN-GP the penalty is added to its loss.
+    moving average of the generator's weights over training (the critic is not averaged), which damps the
+    oscillations of the game (callbacks see the raw weights). ``monitor_every`` (2-D data) records the run with
+    :func:`mode_monitor` on ``monitor_dataset``, and once more at the end for the averaged generator. For the
+    clipped WGAN the critic's weights are clipped after every critic step; for WGAN-GP the penalty is added to
+    its loss.
 
     Returns a :class:`genlib.train.History` (also ``model.history``): ``loss`` is the generator loss per step;
     ``extra`` holds ``critic_loss``, ``generator_loss`` and a divergence estimate per step: ``js`` (the
@@ -344,95 +332,44 @@ def fit(
     x_all = x_all.to(device)
     u_all = (x_all - model.shift) / model.scale  # both players work in the normalised space
     tensors = (u_all,) if y_all is None else (u_all, y_all.to(device).long())
-    if seed is not None:
-        torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(0 if seed is None else seed)
-    stream = batches(tensors, min(batch_size, u_all.shape[0]), gen)
-    opt_g = _optimizer(optimizer, model.generator.parameters(), lr, betas)
-    opt_c = _optimizer(optimizer_critic, model.critic.parameters(), lr_critic, betas_critic)
-    scheds = []
-    if schedule == "cosine":
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / steps, 1.0))))
-                  for o in (opt_g,)]
-        scheds.append(torch.optim.lr_scheduler.LambdaLR(
-            opt_c, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / (steps * critic_steps), 1.0)))))
-    averaged = [p.detach().clone() for p in model.generator.parameters()] if ema is not None else None
+    monitor = mode_monitor(monitor_every, dataset=monitor_dataset) if monitor_every else None
+    if monitor is not None and callback is not None:
+        raise ValueError("callback: pass either a callback or monitor_every, not both")
     kind = model.loss_type
-    history = History()
     log4 = math.log(4.0)
 
     def fake_batch(b, y):
-        z = randn((b, model.latent_dim), like=u_all)
+        z = randn((b, model.latent_dim), like=u_all)  # from the run's seeded stream
         out = model.generator(z) if y is None else model.generator(z, y)
         return out.view(b, *model.data_shape)
 
-    def diverged(what, value, step):
-        raise TrainingDiverged(
-            f"the {what} loss became {value} at step {step} of {steps} (lr={lr}, lr_critic={lr_critic}, "
-            f"loss={kind}); the game diverged. Try smaller learning rates, more critic regularisation or "
-            "another loss.")
-
-    model.train()
-    bar = progress_bar(steps, desc or f"fit GAN ({kind})", progress)
-    start = time.perf_counter()
-    try:
-        for step in range(steps):
-            for _ in range(critic_steps):
-                batch = next(stream)
-                u, y = batch[0], (batch[1] if len(batch) > 1 else None)
-                with torch.no_grad():
-                    fake = fake_batch(u.shape[0], y)
-                real_out, fake_out = model._critic(u, y), model._critic(fake, y)
-                c_loss = critic_loss(kind, real_out, fake_out)
-                total = c_loss
-                if kind == "wgan_gp" and model.gp_weight > 0:
-                    total = c_loss + model.gp_weight * gradient_penalty(lambda v, y=y: model._critic(v, y), u, fake)
-                if not torch.isfinite(total):
-                    diverged("critic", total.item(), step)
-                opt_c.zero_grad(set_to_none=True)
-                total.backward()
-                opt_c.step()
-                if scheds:
-                    scheds[1].step()
-                if kind == "wgan_clip":
-                    clip_weights(model.critic, model.clip)
-            b = u.shape[0]
-            y_fake = None if y is None else y[torch.randperm(b, generator=gen).to(device)]
-            fake = fake_batch(b, y_fake)
-            g_loss = generator_loss(kind, model._critic(fake, y_fake))
-            if not torch.isfinite(g_loss):
-                diverged("generator", g_loss.item(), step)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            if scheds:
-                scheds[0].step()
-            if averaged is not None:
-                with torch.no_grad():
-                    for a, p in zip(averaged, model.generator.parameters(), strict=True):
-                        a.lerp_(p, 1 - ema)
-            c = c_loss.item()
-            history.loss.append(g_loss.item())
-            history.log(critic_loss=c, generator_loss=history.loss[-1])
-            if kind in ("minimax", "ns"):
-                history.log(js=(log4 - c) / 2)
-            else:
-                history.log(w1=-c)
-            if callback is not None:
-                callback(step, model, history)
-            bar.update(1)
-            if step % 50 == 0 or step == steps - 1:
-                bar.set_postfix(critic=f"{c:.3f}", generator=f"{history.loss[-1]:.3f}", refresh=False)
-    finally:
-        bar.close()
-    if averaged is not None:
+    def critic_step(u, y=None):
         with torch.no_grad():
-            for a, p in zip(averaged, model.generator.parameters(), strict=True):
-                p.copy_(a)
-    model.eval()
-    history.steps = steps
-    history.seconds = time.perf_counter() - start
-    model.history = history
+            fake = fake_batch(u.shape[0], y)
+        loss = critic_loss(kind, model._critic(u, y), model._critic(fake, y))
+        if kind == "wgan_gp" and model.gp_weight > 0:
+            loss = loss + model.gp_weight * gradient_penalty(lambda v, y=y: model._critic(v, y), u, fake)
+        return loss
+
+    def generator_step(u, y=None):  # the batch gives only its size and (for a conditional GAN) the labels
+        return generator_loss(kind, model._critic(fake_batch(u.shape[0], y), y))
+
+    def log_divergence(step, m, history):  # the divergence estimate the critic's loss gives, then the monitor
+        c = history.extra["critic_loss"][-1]
+        history.log(**({"js": (log4 - c) / 2} if kind in ("minimax", "ns") else {"w1": -c}))
+        if callback or monitor:
+            (callback or monitor)(step, m, history)
+
+    clip = (lambda m: clip_weights(m.critic, m.clip)) if kind == "wgan_clip" else None
+    players = [Player("critic", list(model.critic.parameters()), critic_step, updates=critic_steps, lr=lr_critic,
+                      betas=tuple(betas_critic), optimizer=optimizer_critic, average=False, after_update=clip),
+               Player("generator", list(model.generator.parameters()), generator_step)]
+    history = fit_players(model, tensors, players=players, steps=steps, batch_size=batch_size, lr=lr,
+                          optimizer=optimizer, betas=tuple(betas), clip_grad=None, schedule=schedule, seed=seed,
+                          device=device, callback=log_divergence, progress=progress, desc=desc or f"fit GAN ({kind})",
+                          ema=ema)
+    if monitor is not None and ema is not None:
+        monitor.record(steps, model, history)  # a last record: the averaged generator, as returned
     return history
 
 
@@ -477,30 +414,17 @@ def snapshots(history: History) -> torch.Tensor:
     return flat.view(frames, -1, 2)
 
 
-def train_recipe(model: GAN, x, config: dict, seed: int, progress: bool, desc: str | None = None) -> History:
-    """Train `model` on `x` with the hyperparameters of a zoo config (used by the zoo's GAN recipes); on
-    two-dimensional data the run is monitored with :func:`mode_monitor` every ``config["monitor_every"]`` steps."""
-    monitor = (mode_monitor(config["monitor_every"], dataset=config.get("data", "eight_gaussians"))
-               if config.get("monitor_every") else None)
-    history = fit(model, x, steps=config["steps"], batch_size=config["batch_size"],
-                  critic_steps=config["critic_steps"], lr=config["lr"], lr_critic=config.get("lr_critic"),
-                  betas=tuple(config["betas"]), schedule=config.get("schedule", "constant"), ema=config.get("ema"),
-                  seed=seed, callback=monitor, progress=progress, desc=desc)
-    if monitor is not None and config.get("ema"):
-        monitor.record(config["steps"], model, history)  # a last record: the averaged generator, as returned
-    return history
-
-
 # ------------------------------------------------------------------------------------------ rejection
 
 
 class DensityRatio(nn.Module):
     """A classifier between data (label 1) and a generator's samples (label 0) whose logit estimates
     log p_data(x) / p_theta(x): at the optimum of the logistic loss with balanced classes the discriminator
-    is D* = p_data / (p_data + p_theta), and logit D* is exactly that log-ratio.
+    is ``D* = p_data / (p_data + p_theta)``, and ``logit D*`` is exactly that log-ratio.
 
-    ``net`` maps normalised points u = (x - shift) / scale (B, *data_shape) to one logit per point. The loss
-    draws a fresh batch of generated points for every batch of data, so the generator side is never overfitted.
+    ``net`` maps normalised points u = (x - shift) / scale, shape ``(B, *data_shape)``, to one logit per point.
+    The loss draws a fresh batch of generated points for every batch of data, so the generator side is never
+    overfitted.
     """
 
     def __init__(self, net: nn.Module, gan: GAN):
@@ -521,7 +445,7 @@ class DensityRatio(nn.Module):
         return F.softplus(-self(x)).mean() + F.softplus(self(fake)).mean()
 
 
-class RejectionSampler(nn.Module):
+class RejectionSampler(Generative):
     """A trained GAN whose samples are corrected by discriminator rejection sampling (Azadi et al., 2019):
     G(z) is kept with probability min(1, r(x) / M), r = exp(ratio(x)) the estimated p_data / p_theta and M a cap.
 
@@ -540,7 +464,8 @@ class RejectionSampler(nn.Module):
         self.quantile = float(quantile)
         self.register_buffer("log_cap", torch.tensor(float("nan")))
         self.register_buffer("acceptance_rate", torch.tensor(float("nan")))
-        self.last_nfe: float = 0
+        # one proposal: the generator's noise z and the uniform u that decides whether G(z) is kept
+        self.base = Noise(("normal", gan.latent_dim), ("uniform", 1))
         self.max_rounds = 100
 
     @torch.no_grad()
@@ -571,18 +496,17 @@ class RejectionSampler(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples: batches of G(z) proposals, each kept with probability min(1, r / M), until n are kept.
-
-        ``last_nfe`` is the network evaluations per returned sample (generator and classifier on every
-        proposal), 2 / acceptance rate on average."""
+        """n samples: batches of proposals ``transform(base.sample(m))``, the kept ones (G(z) with probability
+        min(1, r / M)) gathered until n are kept. Generator and classifier run on every proposal, so the network
+        evaluations per returned sample are 2 / acceptance rate on average."""
         check_positive_int("n", n)
         self._check_calibrated()
         rate = float(self.acceptance_rate)
         kept, total, proposals = [], 0, 0
         for _ in range(self.max_rounds):
             m = max(64, math.ceil(1.02 * (n - total) / max(rate, 1e-3)))
-            x = self.gan.sample(m, generator=generator)
-            keep = rand((m,), like=x, generator=generator) < self.accept_probability(x)
+            x = self.transform(self.base.sample(m, generator))
+            keep = torch.isfinite(x).flatten(1).all(1)
             proposals += m
             kept.append(x[keep])
             total += int(keep.sum())
@@ -591,31 +515,30 @@ class RejectionSampler(nn.Module):
         else:
             raise RuntimeError(f"rejection sampling kept {total} of {proposals} proposals in {self.max_rounds} "
                                f"rounds (fewer than the {n} asked for): the classifier rejects almost everything")
-        self.last_nfe = 2 * proposals / n
         return torch.cat(kept)[:n]
 
-    def transform(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """The sampler as a deterministic map of its base noise (z, u), z ~ N(0, I) and u ~ U(0, 1) per point:
-        G(z) where u < min(1, r(G(z)) / M), NaN (rejected) elsewhere."""
-        u = check_tensor("u", u, ndim=1)
-        if u.shape[0] != z.shape[0]:
-            raise ValueError(f"u: expected one uniform per noise vector ({z.shape[0]}), got {u.shape[0]}")
-        with torch.no_grad():
-            x = self.gan.transform(z)
-            keep = (u.to(x) < self.accept_probability(x)).view(-1, *[1] * len(self.gan.data_shape))
-            return torch.where(keep, x, torch.full_like(x, float("nan")))
+    @torch.no_grad()
+    def transform(self, noise: torch.Tensor) -> torch.Tensor:
+        """The sampler as a deterministic map of one proposal's noise (z, u) (what ``base.sample`` returns):
+        G(z) where u < min(1, r(G(z)) / M), NaN (rejected) elsewhere. There is no log-density."""
+        z, u = self.base.split(noise)
+        x = self.gan.transform(z)
+        keep = (u[:, 0].to(x) < self.accept_probability(x)).view(-1, *[1] * len(self.gan.data_shape))
+        return torch.where(keep, x, torch.full_like(x, float("nan")))
+
+    def networks(self) -> list[nn.Module]:
+        return [self.gan.generator, self.ratio.net]
 
     @property
     def latent_dim(self) -> int:
         """The dimension of the generator's noise z."""
         return self.gan.latent_dim
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(
-            "rejection sampling from a GAN has no likelihood: p_theta(x) r(x) / M is known only up to the GAN's "
-            "own density, which does not exist in closed form; use sample(n) and sample-based metrics")
 
-    log_prob.not_implemented = True
+def mlp_rejection_sampler(gan: dict, hidden: int = 128, depth: int = 3, quantile: float = 0.99) -> RejectionSampler:
+    """A rejection sampler around a fresh :func:`mlp_gan` built from the arguments ``gan`` (the zoo loads the
+    trained generator into it, then trains the classifier with :func:`fit_rejection`)."""
+    return rejection_sampler(mlp_gan(**gan), hidden=hidden, depth=depth, quantile=quantile)
 
 
 def rejection_sampler(model: GAN, hidden: int = 128, depth: int = 3, quantile: float = 0.99,

@@ -1,9 +1,9 @@
 """Gaussian mixture models with full covariances, fitted by expectation-maximization (EM).
 
 The model is ``p(x) = sum_k pi_k N(x | mu_k, Sigma_k)``. As a probability transformation it is a
-categorical choice followed by an affine map of Gaussian noise: draw ``u ~ U(0, 1)`` and
-``z ~ N(0, I)``, pick the component ``k`` whose cumulative weight first exceeds ``u``, and return
-``mu_k + L_k z`` with ``L_k`` the Cholesky factor of ``Sigma_k`` (:meth:`GaussianMixture.transform`).
+categorical choice followed by an affine map of Gaussian noise: the base draws ``u ~ U(0, 1)`` and
+``z ~ N(0, I)`` side by side, the map picks the component ``k`` whose cumulative weight first exceeds ``u``
+and returns ``mu_k + L_k z`` with ``L_k`` the Cholesky factor of ``Sigma_k`` (:meth:`GaussianMixture.transform`).
 
 Everything is torch and runs on CUDA unchanged. The parameters are buffers (float64), so
 ``state_dict`` round-trips through the model cache and ``.to(device)`` moves them. Densities are
@@ -20,17 +20,17 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand
 from ..train import History, TrainingDiverged, progress_bar
+from .base import Generative, Noise
 
 __all__ = ["GaussianMixture", "fit", "kmeans_plusplus", "kmeans", "INITS"]
 
 INITS = ("kmeans++", "random")
 
 
-class GaussianMixture(nn.Module):
+class GaussianMixture(Generative):
     """A mixture of ``n_components`` Gaussians with full covariances in ``R^dim``.
 
     Buffers: ``weights`` (K,) on the simplex, ``means`` (K, d), ``covariances`` (K, d, d), all float64.
@@ -48,19 +48,20 @@ class GaussianMixture(nn.Module):
         self.register_buffer("weights", torch.full((k,), 1.0 / k, dtype=torch.float64))
         self.register_buffer("means", torch.zeros(k, d, dtype=torch.float64))
         self.register_buffer("covariances", torch.eye(d, dtype=torch.float64).repeat(k, 1, 1))
-        self.last_nfe = 0
+        # the base: a uniform that picks the component and a Gaussian for its affine map (float64, as the buffers)
+        self.base = Noise(("uniform", 1), ("normal", d), dtype=torch.float64)
 
     # ------------------------------------------------------------------------------------ parameters
 
     @property
     def n_parameters(self) -> int:
-        """Free parameters: K - 1 weights, K d mean entries, K d (d + 1) / 2 covariance entries."""
+        """The number of free parameters (K - 1 weights, K d mean entries, K d (d + 1) / 2 covariance entries)."""
         k, d = self.n_components, self.dim
         return (k - 1) + k * d + k * d * (d + 1) // 2
 
     @property
     def scale_tril(self) -> torch.Tensor:
-        """Cholesky factors L_k with L_k L_k^T = Sigma_k: shape (K, d, d)."""
+        """The Cholesky factors L_k, with L_k L_k^T = Sigma_k, shape (K, d, d)."""
         return _cholesky(self.covariances)
 
     def set_parameters(self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor) -> None:
@@ -118,44 +119,35 @@ class GaussianMixture(nn.Module):
         k = torch.searchsorted(cdf, u.to(cdf.dtype).contiguous(), right=False)
         return k.clamp_max(self.n_components - 1)
 
-    def transform(self, z: torch.Tensor, k: torch.Tensor | int | None = None, *,
-                  u: torch.Tensor | None = None) -> torch.Tensor:
-        """The probability transformation ``T(u, z) = mu_k + L_k z`` with ``k`` given, or ``k = select(u)``.
-
-        z: (N, d) standard normal noise. k: a component index or (N,) indices; or give u: (N,) uniforms.
-        Returns (N, d) points in z's dtype.
-        """
+    def component_map(self, z: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+        """The affine map of component k: ``mu_k + L_k z`` for z (N, d) and k an index or (N,) indices; in z's dtype."""
         z = check_tensor("z", z, ndim=2, last_dim=self.dim)
-        if (k is None) == (u is None):
-            raise ValueError("transform: give exactly one of k (component indices) or u (uniforms in [0, 1])")
-        if u is not None:
-            u = check_tensor("u", u, ndim=1)
-            if u.shape[0] != z.shape[0]:
-                raise ValueError(f"u: expected {z.shape[0]} uniforms (one per row of z), got {u.shape[0]}")
-            k = self.select(u)
         if isinstance(k, int):
             if not 0 <= k < self.n_components:
                 raise ValueError(f"k: expected a component index in [0, {self.n_components}), got {k}")
             k = torch.full((z.shape[0],), k, dtype=torch.long, device=z.device)
         if not isinstance(k, torch.Tensor) or k.dtype not in (torch.int32, torch.int64) or k.shape != z.shape[:1]:
             raise ValueError(f"k: expected an int or a ({z.shape[0]},) integer tensor of component indices")
+        if k.numel() and (int(k.min()) < 0 or int(k.max()) >= self.n_components):
+            raise ValueError(f"k: component indices must lie in [0, {self.n_components})")
         k = k.to(self.means.device)
         zz = z.to(self.means)
         x = self.means[k] + (self.scale_tril[k] @ zz.unsqueeze(-1)).squeeze(-1)
         return x.to(device=z.device, dtype=z.dtype)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, return_components: bool = False):
-        """n samples (float32, on the model's device): ``T(u, z)`` with ``u ~ U(0, 1)``, ``z ~ N(0, I)``.
+    def transform(self, noise: torch.Tensor, component: torch.Tensor | int | None = None) -> torch.Tensor:
+        """The probability transformation ``T(u, z) = mu_k + L_k z`` with ``k = select(u)``.
 
-        With ``return_components=True`` also returns the chosen component of each sample.
+        noise: (N, 1 + d), a uniform u and standard normal z side by side (what ``base.sample`` returns).
+        ``component`` (an index or (N,) indices) fixes k instead of choosing it by u. Returns (N, d) float32.
         """
-        check_positive_int("n", n)
-        u = rand((n,), like=self.weights, generator=generator)
-        z = randn((n, self.dim), like=self.means, generator=generator)
-        k = self.select(u)
-        x = self.transform(z, k).float()
-        self.last_nfe = 0  # no network: a table look-up and one affine map per sample
-        return (x, k) if return_components else x
+        u, z = self.base.split(noise)
+        k = self.select(u[:, 0]) if component is None else component
+        return self.component_map(z, k).float()
+
+    def components(self, noise: torch.Tensor) -> torch.Tensor:
+        """The component that each base draw picks (the categorical half of the map)."""
+        return self.select(self.base.split(noise)[0][:, 0])
 
     # ---------------------------------------------------------------------------------------- fitting
 
@@ -224,11 +216,11 @@ def fit(
     log-likelihood is kept. seed: seeds the initialisation. callback(step, model, history) runs after
     each E-step (step 0 is the initial parameters), for example to record snapshots.
 
-    Returns a :class:`History` (also ``model.history``): ``extra["log_likelihood"]`` is the mean
+    Returns a :class:`genlib.train.History` (also ``model.history``): ``extra["log_likelihood"]`` is the mean
     log-likelihood per sample of the parameters after 0, 1, 2, ... M-steps (its last entry is the
     returned model's), ``loss`` its negative, ``steps`` the number of M-steps, and
     ``extra["converged"]`` is [1.0] when the tolerance was met. EM never decreases the likelihood.
-    Raises :class:`TrainingDiverged` naming the iteration if the log-likelihood becomes non-finite.
+    Raises :class:`genlib.train.TrainingDiverged` naming the iteration if the log-likelihood becomes non-finite.
     """
     if not isinstance(model, GaussianMixture):
         raise TypeError(f"model: expected a GaussianMixture, got {type(model).__name__}")

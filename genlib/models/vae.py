@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, randn
 from ..nn import ACTIVATIONS, MLP
+from .base import Generative, Noise
 
 __all__ = [
     "LIKELIHOODS",
@@ -35,9 +36,6 @@ __all__ = [
     "Autoencoder",
     "VAE",
     "VQVAE",
-    "train_autoencoder",
-    "train_vae",
-    "train_vqvae",
 ]
 
 LIKELIHOODS = ("gaussian", "categorical", "binomial")
@@ -69,7 +67,7 @@ def _shape_tuple(name: str, shape) -> tuple[int, ...]:
     return shape
 
 
-class _Coder(nn.Module):
+class _Coder(Generative):
     """What the autoencoder and the VAE share: the data shape, input scaling and input validation."""
 
     def _setup_data(self, data_shape, levels: int | None):
@@ -96,9 +94,6 @@ class _Coder(nn.Module):
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], self.data_dim) / self.input_scale
 
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
-
 
 # ------------------------------------------------------------------------------------- autoencoder
 
@@ -120,20 +115,25 @@ class Autoencoder(_Coder):
         self.noise_std = check_positive_float("noise_std", noise_std, allow_zero=True)
         self.encoder = MLP(self.data_dim, latent_dim, hidden, depth, activation)
         self.decoder = MLP(latent_dim, self.data_dim, hidden, depth, activation)
-        self.last_nfe = 0
+        self.base = Noise(("normal", latent_dim))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The code z = E(x), shape (B, latent_dim)."""
         return self.encoder(self._flat(self._check_x(x)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The reconstruction D(z) in data space (B, *data_shape) (images clamped to 0..levels-1)."""
+        """The reconstruction D(z) in data space ``(B, *data_shape)`` (images clamped to 0..levels-1)."""
         out = self.decoder(self._check_z(z)) * self.input_scale
         if self.levels is not None:
             out = out.clamp(0, self.levels - 1)
         return out.reshape(z.shape[0], *self.data_shape)
 
-    transform = decode
+    def transform(self, z: torch.Tensor) -> torch.Tensor:
+        """T(z) = D(z): the decoder applied to standard-normal codes (which nothing in training matches)."""
+        return self.decode(z)
+
+    def networks(self) -> list[nn.Module]:
+        return [self.decoder]
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Mean squared reconstruction error on the network's scale (with input noise when denoising)."""
@@ -142,13 +142,6 @@ class Autoencoder(_Coder):
         noisy = clean + self.noise_std * randn(clean.shape, like=clean) if self.noise_std > 0 else clean
         return (self.decoder(self.encoder(noisy)) - clean).pow(2).sum(-1).mean()
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode n standard-normal codes (the naive sampler that an unconstrained latent space defeats)."""
-        check_positive_int("n", n)
-        p = next(self.parameters())
-        z = randn((n, self.latent_dim), like=p, generator=generator)
-        self.last_nfe = 1
-        return self.decode(z)
 
 
 # ---------------------------------------------------------------------------------------------- VAE
@@ -168,7 +161,9 @@ class VAE(_Coder):
       of the integer image.
     - ``beta`` weights the KL term of the training loss (``beta = 1``: the ELBO);
     - ``train_k > 1`` trains on the importance-weighted bound with that many samples (IWAE); a KL warm-up
-      then scales log p(z) / q(z | x) inside the weights by beta.
+      then scales log p(z) / q(z | x) inside the weights by beta;
+    - ``kl_warmup > 0`` raises the KL weight linearly from 0 to beta over that many training steps (the loss
+      counts the steps it is called in training mode).
 
     ``sample(n)`` draws z from the prior and decodes; with ``sample_noise=True`` it then draws x from
     ``p_theta(x | z)`` (the model's full distribution), otherwise it returns the decoder mean.
@@ -177,7 +172,7 @@ class VAE(_Coder):
     def __init__(self, data_shape=(2,), latent_dim: int = 2, hidden: int = 128, depth: int = 3,
                  activation: str = "silu", likelihood: str = "gaussian", levels: int | None = None,
                  beta: float = 1.0, decoder_std: float | None = None, min_logvar: float = -9.0,
-                 sample_noise: bool | None = None, train_k: int = 1):
+                 sample_noise: bool | None = None, train_k: int = 1, kl_warmup: int = 0):
         super().__init__()
         check_choice("likelihood", likelihood, LIKELIHOODS)
         self.train_k = check_positive_int("train_k", train_k)
@@ -190,6 +185,8 @@ class VAE(_Coder):
         self.latent_dim = check_positive_int("latent_dim", latent_dim)
         self.likelihood = likelihood
         self.beta = check_positive_float("beta", beta, allow_zero=True)
+        self.kl_warmup = check_positive_int("kl_warmup", kl_warmup, minimum=0)
+        self._training_steps = 0  # losses computed in training mode: the clock of the KL warm-up
         if decoder_std is not None:
             decoder_std = check_positive_float("decoder_std", decoder_std)
         self.decoder_std = decoder_std
@@ -207,7 +204,11 @@ class VAE(_Coder):
             n = self.levels - 1
             logc = torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
             self.register_buffer("log_binom_coef", logc, persistent=False)
-        self.last_nfe = 0
+        # the base: the latent z alone (the decoder mean), or z and the noise of p_theta(x | z) side by side
+        self.mean_base = Noise(("normal", latent_dim))
+        output_noise = {"gaussian": ("normal", self.data_dim), "categorical": ("uniform", self.data_dim),
+                        "binomial": ("uniform", self.data_dim * ((self.levels or 2) - 1))}[likelihood]
+        self.noisy_base = Noise(("normal", latent_dim), output_noise)
 
     # ---- the encoder q_phi(z | x)
 
@@ -254,11 +255,12 @@ class VAE(_Coder):
         return torch.sigmoid(h) * (self.levels - 1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder mean E[x | z] in data space: (B, *data_shape); images on the 0..levels-1 scale."""
+        """The decoder mean E[x | z] in data space: ``(B, *data_shape)``; images on the 0..levels-1 scale."""
         z = self._check_z(z)
         return self.decoder_mean(self._params(z)).reshape(*z.shape[:-1], *self.data_shape)
 
-    transform = decode
+    def networks(self) -> list[nn.Module]:
+        return [self.decoder]
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p_theta(x | z) for x (B, ...) and z (B, d_z) or (k, B, d_z): shape (B,) or (k, B)."""
@@ -294,10 +296,14 @@ class VAE(_Coder):
         With ``train_k > 1`` the model trains on the importance-weighted bound with k = train_k samples
         instead (the IWAE objective), beta weighting log p(z) / q(z | x) inside the weights (beta = 1: the bound).
         """
+        beta = self.beta
+        if self.training and self.kl_warmup:  # the KL warm-up: beta grows linearly from 0 over kl_warmup steps
+            beta = self.beta * min(1.0, self._training_steps / self.kl_warmup)
+            self._training_steps += 1
         if self.train_k > 1:
-            return -self.iw_bound(x, k=self.train_k, chunk=x.shape[0], beta=self.beta).mean()
+            return -self.iw_bound(x, k=self.train_k, chunk=x.shape[0], beta=beta).mean()
         rec, kl = self.elbo_terms(x)
-        return (self.beta * kl - rec).mean()
+        return (beta * kl - rec).mean()
 
     def iw_bound(self, x: torch.Tensor, k: int = 64, generator: torch.Generator | None = None,
                  chunk: int = 256, beta: float = 1.0) -> torch.Tensor:
@@ -321,44 +327,46 @@ class VAE(_Coder):
             out.append(torch.logsumexp(log_w, 0) - math.log(k))
         return torch.cat(out)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("VAE has no exact log-density; use elbo(x) (a lower bound) or iw_bound(x, k) "
-                                  "(a tighter lower bound that approaches log p(x) as k grows)")
-
-    log_prob.not_implemented = True
-
     # ---- sampling
 
-    def sample(self, n: int, generator: torch.Generator | None = None, noise: bool | None = None) -> torch.Tensor:
-        """Draw z ~ N(0, I) and decode: x ~ p_theta(x | z) (``noise=True``) or the decoder mean (``noise=False``).
+    @property
+    def base(self) -> Noise:
+        """The base distribution of the default sampler, z alone (``sample_noise=False``) or z and the decoder's
+        noise."""
+        return self.noisy_base if self.sample_noise else self.mean_base
 
+    def transform(self, noise: torch.Tensor) -> torch.Tensor:
+        """T: decode z and, when the noise also holds the decoder's noise, draw x from p_theta(x | z) with it
+        (Gaussian: mean + std * eps; discrete: the inverse CDF of each pixel's levels). Returns ``(n, *data_shape)``."""
+        if isinstance(noise, torch.Tensor) and noise.ndim == 2 and noise.shape[1] == self.latent_dim:
+            return self.decode(noise)
+        z, out = self.noisy_base.split(noise)
+        n = z.shape[0]
+        h = self._params(self._check_z(z))
+        if self.likelihood == "gaussian":
+            mean, logvar = self._gaussian(h)
+            x = mean + torch.exp(0.5 * logvar) * out.to(mean)
+        elif self.likelihood == "categorical":
+            cdf = torch.softmax(self._logits(h), -1).cumsum(-1)
+            x = (cdf < out.to(cdf)[..., None]).sum(-1).clamp_max(self.levels - 1).to(cdf.dtype)
+        else:
+            u = out.to(h).reshape(n, self.data_dim, self.levels - 1)
+            x = (u < torch.sigmoid(h).unsqueeze(-1)).sum(-1).to(h.dtype)
+        return x.reshape(n, *self.data_shape)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, noise: bool | None = None) -> torch.Tensor:
+        """``transform(base.sample(n))``: x ~ p_theta(x | z) (``noise=True``) or the decoder mean (``noise=False``).
         The default is the model's ``sample_noise`` (True for the Gaussian decoder on points, False for images).
         """
         check_positive_int("n", n)
-        noise = self.sample_noise if noise is None else bool(noise)
-        p = next(self.parameters())
-        z = randn((n, self.latent_dim), like=p, generator=generator)
-        self.last_nfe = 1
-        if not noise:
-            return self.decode(z)
-        h = self._params(z)
-        if self.likelihood == "gaussian":
-            mean, logvar = self._gaussian(h)
-            x = mean + torch.exp(0.5 * logvar) * randn(mean.shape, like=mean, generator=generator)
-        elif self.likelihood == "categorical":
-            cdf = torch.softmax(self._logits(h), -1).cumsum(-1)
-            u = rand((n, self.data_dim, 1), like=cdf, generator=generator)
-            x = (cdf < u).sum(-1).clamp_max(self.levels - 1).to(cdf.dtype)
-        else:
-            u = rand((n, self.data_dim, self.levels - 1), like=h, generator=generator)
-            x = (u < torch.sigmoid(h).unsqueeze(-1)).sum(-1).to(h.dtype)
-        return x.reshape(n, *self.data_shape)
+        noisy = self.sample_noise if noise is None else bool(noise)
+        return self.transform((self.noisy_base if noisy else self.mean_base).sample(n, generator))
 
 
 # ------------------------------------------------------------------------------------------- VQ-VAE
 
 
-class VQVAE(nn.Module):
+class VQVAE(Generative):
     """A VQ-VAE for 8x8 images on the 0..16 scale.
 
     The encoder maps an image to a ``code_shape`` grid (4 x 4) of ``code_dim``-vectors z_e; each is
@@ -405,7 +413,6 @@ class VQVAE(nn.Module):
         # 1 once the codebook has been initialised from data (a buffer, so it is saved with the weights)
         self.register_buffer("initialised", torch.tensor(0 if data_init else 1))
         self.__dict__["_prior"] = None  # not a submodule: the prior's weights are not the VQ-VAE's
-        self.last_nfe = 0
         self.last_indices: torch.Tensor | None = None
 
     # ---- data and codes
@@ -493,6 +500,13 @@ class VQVAE(nn.Module):
         t = self.loss_terms(x)
         return t["reconstruction"] + t["codebook"] + self.beta * t["commitment"]
 
+    def step_metrics(self) -> dict[str, float]:
+        """Codebook perplexity and codes used on the last training batch (logged by ``genlib.train.fit``)."""
+        if self.last_indices is None:
+            return {}
+        u = self.codebook_usage(self.last_indices)
+        return {"perplexity": u["perplexity"], "used": u["used"]}
+
     def codebook_usage(self, indices: torch.Tensor) -> dict:
         """Perplexity exp(H) of the code frequencies (codebook_size when all codes are equally used), the
         number of codes used, and the frequencies."""
@@ -517,94 +531,51 @@ class VQVAE(nn.Module):
         """The attached prior over code grids (None until one is attached)."""
         return self.__dict__.get("_prior")
 
-    def sample(self, n: int, generator: torch.Generator | None = None, prior=None) -> torch.Tensor:
-        """Draw code grids from a prior over codes and decode them: (n, 1, 8, 8) on the 0..16 scale.
+    @property
+    def base(self) -> nn.Module:
+        """The base distribution of the attached prior (a VQ-VAE samples only with a prior over its codes)."""
+        prior = self.prior
+        if prior is None or not hasattr(prior, "base"):
+            raise AttributeError(
+                "VQVAE.base: the VQ-VAE learns no prior over its code grids; attach_prior(prior) first (the "
+                "autoregressive chapter trains one, genlib.zoo's 'code_prior'), or use reconstruct(x) and "
+                "decode_indices(idx)")
+        return prior.base
 
-        The VQ-VAE itself learns no prior: pass ``prior=`` (or :meth:`attach_prior`); the autoregressive
-        chapter trains a prior over these codes.
-        """
-        check_positive_int("n", n)
+    def _prior_or_raise(self, prior):
         prior = prior if prior is not None else self.prior
         if prior is None:
-            raise NotImplementedError(
-                "VQVAE.sample needs a prior over code grids: pass prior= (an object with sample(n, generator) "
-                f"returning long indices of shape (n, {self.code_shape[0]}, {self.code_shape[1]})) or call "
-                "attach_prior(prior); the autoregressive chapter trains such a prior. Use reconstruct(x) or "
-                "decode_indices(idx) meanwhile.")
+            raise ValueError(
+                "prior: VQVAE needs a prior over code grids to sample: pass prior= (a model with base and "
+                f"transform, or any object with sample(n, generator) returning long indices of shape (n, "
+                f"{self.code_shape[0]}, {self.code_shape[1]})) or call attach_prior(prior); the autoregressive "
+                "chapter trains such a prior. Use reconstruct(x) or decode_indices(idx) meanwhile.")
         if not callable(getattr(prior, "sample", None)):
             raise TypeError("prior: expected an object with a sample(n, generator=None) method returning code indices")
-        idx = prior.sample(n, generator=generator)
+        return prior
+
+    def _decode_prior_draw(self, idx: torch.Tensor, n: int) -> torch.Tensor:
         idx = self._check_indices(idx.to(self.codebook.weight.device))
         if idx.shape[0] != n:
-            raise ValueError(f"prior.sample(n): returned {idx.shape[0]} code grids, expected {n}")
-        self.last_nfe = 1 + int(getattr(prior, "last_nfe", 0) or 0)
+            raise ValueError(f"prior: returned {idx.shape[0]} code grids, expected {n}")
         return self.decode_indices(idx)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("VQVAE has no density; it offers reconstruct(x), encode_indices(x) and "
-                                  "decode_indices(idx), and sample(n, prior=...) with a prior over codes")
+    def transform(self, noise: torch.Tensor, prior=None) -> torch.Tensor:
+        """T: the prior's map from its base draw to a code grid, then the decoder: (n, 1, 8, 8) on the 0..16 scale."""
+        prior = self._prior_or_raise(prior)
+        if not callable(getattr(prior, "transform", None)):
+            raise TypeError("prior: transform(noise) needs a prior with a transform; this one only samples")
+        return self._decode_prior_draw(prior.transform(noise), noise.shape[0])
 
-    log_prob.not_implemented = True
+    def sample(self, n: int, generator: torch.Generator | None = None, prior=None) -> torch.Tensor:
+        """Code grids from a prior over codes, decoded: (n, 1, 8, 8) on the 0..16 scale (``transform(base.sample(n))``
+        with a prior that has a base; otherwise the decoded ``prior.sample(n)``)."""
+        check_positive_int("n", n)
+        prior = self._prior_or_raise(prior)
+        if hasattr(prior, "base") and callable(getattr(prior, "transform", None)):
+            return self.transform(prior.base.sample(n, generator), prior=prior)
+        return self._decode_prior_draw(prior.sample(n, generator=generator), n)
 
-
-# ----------------------------------------------------------------------------------------- training
-
-
-def _data_for(dataset: str, seed: int, device) -> torch.Tensor:
-    from .. import data as _data
-
-    check_choice("dataset", dataset, (*_data.TOY_DATASETS, "digits"))
-    if dataset == "digits":
-        return _data.digits(device=device).train_x
-    return _data.toy(dataset, 2000, seed=seed, device=device)
-
-
-def _beta_warmup(model: nn.Module, final_beta: float, warmup: int):
-    """A fit callback that raises model.beta linearly from 0 to final_beta over `warmup` steps."""
-
-    def callback(step, m, history):
-        m.beta = final_beta * min(1.0, (step + 1) / warmup) if warmup else final_beta
-
-    if warmup:
-        model.beta = 0.0
-    return callback
-
-
-def train_autoencoder(model: Autoencoder, config: dict, seed: int, device, progress: bool = True):
-    """Train an autoencoder with genlib.train.fit on config['data'] (a zoo train function)."""
-    from ..train import fit
-
-    x = _data_for(config.get("data", "eight_gaussians"), seed, device)
-    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-               schedule=config.get("schedule", "cosine"), seed=seed, progress=progress,
-               desc=config.get("desc", "autoencoder"))
-
-
-def train_vae(model: VAE, config: dict, seed: int, device, progress: bool = True):
-    """Train a VAE with genlib.train.fit, raising beta linearly over ``config['kl_warmup']`` steps (zoo train)."""
-    from ..train import fit
-
-    x = _data_for(config.get("data", "eight_gaussians"), seed, device)
-    final_beta = float(config.get("beta", 1.0))
-    callback = _beta_warmup(model, final_beta, int(config.get("kl_warmup", 0)))
-    history = fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-                  schedule=config.get("schedule", "cosine"), seed=seed, progress=progress, callback=callback,
-                  desc=config.get("desc", "VAE"))
-    model.beta = final_beta
-    return history
-
-
-def train_vqvae(model: VQVAE, config: dict, seed: int, device, progress: bool = True):
-    """Train a VQ-VAE on the digits' train split, logging codebook perplexity and codes used per step."""
-    from ..train import fit
-
-    x = _data_for("digits", seed, device)
-
-    def callback(step, m, history):
-        if m.last_indices is not None:
-            u = m.codebook_usage(m.last_indices)
-            history.log(perplexity=u["perplexity"], used=u["used"])
-
-    return fit(model, x, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
-               schedule=config.get("schedule", "cosine"), seed=seed, progress=progress, callback=callback,
-               desc=config.get("desc", "VQ-VAE"))
+    def networks(self) -> list[nn.Module]:
+        prior = self.prior
+        return [self.decoder, *(prior.networks() if hasattr(prior, "networks") else [])]

@@ -137,10 +137,14 @@ def test_explicit_uniforms_are_reproducible_and_follow_the_inverse_cdf(device):
     model = _trained_2d(device, steps=100)
     u = torch.rand(500, 2, generator=torch.Generator().manual_seed(1), device="cpu").to(device)
     u[:5, 0] = torch.tensor([1e-6, 0.5, 1 - 1e-6, 0.2, 0.8])  # include the tails
-    a = model.sample(500, u=u)
-    b = model.sample(500, u=u)
+    a = model.transform(u)
+    b = model.transform(u)
     assert a.device.type == device.type
     assert torch.equal(a, b)
+    # sample(n, generator) is the map of the base's uniforms, draw for draw
+    u2 = model.base.sample(500, torch.Generator().manual_seed(2))
+    assert u2.shape == (500, 2)
+    assert torch.equal(model.sample(500, torch.Generator().manual_seed(2)), model.transform(u2))
     # the sample is F^{-1}(u): applying the conditional CDFs gives the uniforms back
     with torch.no_grad():
         back = model.cdf(a)
@@ -155,9 +159,11 @@ def test_explicit_uniforms_are_reproducible_and_follow_the_inverse_cdf(device):
         dens = model.conditional_log_prob(0, t).exp()
     cdf = torch.cumsum(dens, 0) * (t[1] - t[0])
     for ui in (0.1, 0.5, 0.9):
-        xi = model.transform(torch.tensor([[ui, 0.5]], device=device))[0, 0]
+        with genlib.metrics.count_evaluations(model) as count:
+            xi = model.transform(torch.tensor([[ui, 0.5]], device=device))[0, 0]
         assert abs(float(cdf[torch.searchsorted(t, xi)]) - ui) < 5e-3
-    assert model.last_nfe == 2
+    # one conditioner network per coordinate after the first (whose cell probabilities are a learned vector)
+    assert count.per_sample(1) == model.dim - 1 == 1
 
 
 def test_binned_sample_device_and_generator(device):
@@ -174,8 +180,8 @@ def test_binned_errors():
         model.log_prob(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="u: expected values in"):
         model.transform(torch.full((2, 2), 1.5))
-    with pytest.raises(ValueError, match="u: expected 3 rows"):
-        model.sample(3, u=torch.rand(2, 2))
+    with pytest.raises(ValueError, match="u: expected last dimension 2"):
+        model.transform(torch.rand(3, 3))
     with pytest.raises(ValueError, match="bins"):
         BinnedAutoregressive(bins=1)
     with pytest.raises(ValueError, match="context"):
@@ -234,14 +240,18 @@ def test_pixelcnn_sampling_with_uniforms_and_completion(device):
     genlib.seed(0)
     model = PixelCNN(channels=8, blocks=1).to(device)
     u = torch.rand(4, 64, generator=torch.Generator().manual_seed(0)).to(device)
-    a = model.sample(4, u=u)
+    with genlib.metrics.count_evaluations(model) as count:
+        a = model.transform(u)
     assert a.shape == (4, 1, 8, 8) and a.device.type == device.type
-    assert torch.equal(a, model.sample(4, u=u))
-    assert model.last_nfe == 64
+    assert torch.equal(a, model.transform(u))
+    assert count.per_sample(4) == 64
+    # the same uniforms drawn by the base: sample is transform(base.sample(n, generator))
+    assert torch.equal(model.sample(4, generator=torch.Generator().manual_seed(0)), a)
     digits = genlib.data.digits(device=device).test_x[:4]
-    done = model.complete(digits, keep_rows=4)
+    with genlib.metrics.count_evaluations(model) as count:
+        done = model.complete(digits, keep_rows=4)
     assert torch.equal(done[:, :, :4], digits[:, :, :4])
-    assert model.last_nfe == 32
+    assert count.per_sample(4) == 32
     assert bool(((done >= 0) & (done <= 16) & (done == done.round())).all())
 
 
@@ -332,9 +342,10 @@ def test_names_transformer_beats_bigram_quickly():
 def test_code_prior_shapes_and_errors():
     genlib.seed(0)
     prior = CodePrior(8, (4, 4), d_model=16, n_layers=1, n_heads=2)
-    idx = prior.sample(5)
+    with genlib.metrics.count_evaluations(prior) as count:
+        idx = prior.sample(5)
     assert idx.shape == (5, 4, 4) and idx.dtype == torch.long and int(idx.max()) < 8
-    assert prior.last_nfe == 16
+    assert count.per_sample(5) == 16
     assert prior.log_prob(idx).shape == (5,)
     with pytest.raises(ValueError, match="codes must lie"):
         prior.log_prob(torch.full((1, 4, 4), 8, dtype=torch.long))

@@ -1,4 +1,4 @@
-"""The Synthesis entry point (genlib.zoo.benchmark) and the benchmark script (benchmarks/protocol.py)."""
+"""The Synthesis entry point (genlib.metrics.benchmark) and the benchmark script (benchmarks/protocol.py)."""
 
 import csv
 import importlib.util
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from genlib import zoo
+from genlib import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DETERMINISTIC = ("binned_kl", "w2", "nll", "modes_covered", "on_mode", "nfe")
@@ -20,8 +20,8 @@ def _script():
 
 
 def test_benchmark_is_reproducible_and_complete(tmp_cache):
-    a = zoo.benchmark(["gmm", "gmm_k8"], n=5000, device="cpu")
-    b = zoo.benchmark(["gmm", "gmm_k8"], n=5000, device="cpu")  # the second call loads from the cache
+    a = metrics.benchmark(["gmm", "gmm_k8"], n=5000, device="cpu")
+    b = metrics.benchmark(["gmm", "gmm_k8"], n=5000, device="cpu")  # the second call loads from the cache
     assert [r["family"] for r in a] == ["gmm", "gmm_k8"]
     for ra, rb in zip(a, b, strict=True):
         assert {k: ra[k] for k in DETERMINISTIC} == {k: rb[k] for k in DETERMINISTIC}
@@ -32,11 +32,11 @@ def test_benchmark_is_reproducible_and_complete(tmp_cache):
 
 def test_benchmark_rejects_bad_input(tmp_cache):
     with pytest.raises(KeyError):
-        zoo.benchmark(["no_such_family"], n=100)
+        metrics.benchmark(["no_such_family"], n=100)
     with pytest.raises(ValueError, match="names"):
-        zoo.benchmark([], n=100)
+        metrics.benchmark([], n=100)
     with pytest.raises(ValueError, match="n"):
-        zoo.benchmark(["gmm"], n=0)
+        metrics.benchmark(["gmm"], n=0)
 
 
 def test_benchmark_script_end_to_end(tmp_cache, tmp_path):
@@ -70,5 +70,5 @@ def test_benchmark_script_on_the_second_dataset(tmp_cache, tmp_path):
     rows = list(csv.DictReader(ln for ln in (out / "two_moons.csv").read_text().splitlines()
                                if not ln.startswith("#")))
     assert len(rows) == 1 and rows[0]["modes_covered"] == "2"
-    assert float(rows[0]["binned_kl"]) == pytest.approx(zoo.benchmark(["gmm"], n=5000, device="cpu",
+    assert float(rows[0]["binned_kl"]) == pytest.approx(metrics.benchmark(["gmm"], n=5000, device="cpu",
                                                                        dataset="two_moons")[0]["binned_kl"])

@@ -88,23 +88,25 @@ def test_tweedie_exact_denoiser_is_score_step():
                                                 ("ve", "sde", 60)])
 def test_exact_score_samplers_recover_eight_gaussians(kind, sampler, steps):
     m = exact_model(kind, "cpu")
-    x = m.sample(100_000, generator=torch.Generator().manual_seed(0), sampler=sampler, steps=steps,
-                 spacing="quadratic" if kind != "ve" else "uniform")
+    with metrics.count_evaluations(m) as count:
+        x = m.sample(100_000, generator=torch.Generator().manual_seed(0), sampler=sampler, steps=steps,
+                     spacing="quadratic" if kind != "ve" else "uniform")
     assert x.shape == (100_000, 2)
     kl = metrics.binned_kl(x)
     assert kl < 0.008, kl  # the estimator's floor is about 0.0043
     nfe = {"sde": steps, "ode": 2 * steps}[sampler] + 1
-    assert m.last_nfe == nfe
+    assert count.per_sample(100_000) == nfe
 
 
 def test_ddim_with_many_steps_is_the_ode():
     """DDIM (eta = 0) is a discretisation of the probability-flow ODE: the gap shrinks with the step count."""
     m = exact_model("vp_linear", "cpu")
-    x1 = torch.randn(2000, 2, generator=torch.Generator().manual_seed(4))
-    ref = m.sample(2000, sampler="ode", steps=400, x1=x1, spacing="quadratic", method="heun")
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(4))  # the same base draw for both samplers
+    assert m.base_for("ode", 400).shape == m.base_for("ddim", 25).shape == (2,)  # both deterministic maps of z
+    ref = m.transform(z, sampler="ode", steps=400, spacing="quadratic", method="heun")
     gaps = []
     for steps in (25, 100, 400):
-        x = m.sample(2000, sampler="ddim", steps=steps, x1=x1, spacing="quadratic")
+        x = m.transform(z, sampler="ddim", steps=steps, spacing="quadratic")
         gaps.append(float((x - ref).norm(dim=1).mean()))
     assert gaps[0] > gaps[1] > gaps[2]
     assert gaps[2] < 0.02, gaps
@@ -115,10 +117,11 @@ def test_ancestral_and_pc_samplers_run_and_count(device):
     for sampler, steps, nfe in [("ddpm", 20, 21), ("pc", 10, 10 + 9 + 1), ("langevin", 5, (5 + 1) * 3 + 1),
                                 ("ddim", 7, 8)]:
         opts = {"steps_per_level": 3} if sampler == "langevin" else {}
-        x = m.sample(50, generator=torch.Generator().manual_seed(5), sampler=sampler, steps=steps, **opts)
+        with metrics.count_evaluations(m) as count:
+            x = m.sample(50, generator=torch.Generator().manual_seed(5), sampler=sampler, steps=steps, **opts)
         assert x.device.type == torch.device(device).type and x.shape == (50, 2)
         assert torch.isfinite(x).all()
-        assert m.last_nfe == nfe, (sampler, m.last_nfe)
+        assert count.per_sample(50) == nfe, (sampler, count.per_sample(50))
 
 
 def test_learned_model_loss_decreases_and_samples(device):
@@ -131,7 +134,7 @@ def test_learned_model_loss_decreases_and_samples(device):
     assert sum(h.loss[-20:]) / 20 < 0.8 * sum(h.loss[:20]) / 20
     z = m.sample(30, generator=torch.Generator().manual_seed(0))
     assert z.shape == (30, 2) and z.device.type == torch.device(device).type
-    assert m.transform(torch.randn(7, 2, device=device)).shape == (7, 2)
+    assert m.transform(torch.randn(7, 2, device=device), sampler="ode").shape == (7, 2)  # the PF-ODE map
 
 
 @pytest.mark.parametrize("power", [1.0, 1.5, 3.0])
@@ -163,8 +166,8 @@ def test_bad_inputs_raise_clear_errors():
         m.sample(4, steps=0)
     with pytest.raises(ValueError, match="spacing"):
         m.sample(4, spacing="cubic")
-    with pytest.raises(ValueError, match="x1: expected 4 rows"):
-        m.sample(4, x1=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"noise: expected a tensor of shape \(n, 10, 2\)"):
+        m.transform(torch.zeros(4, 2), sampler="sde", steps=10)  # the reverse SDE needs its 9 step noises too
     with pytest.raises(ValueError, match="VE schedule"):
         m.sample(4, sampler="langevin")
     with pytest.raises(ValueError, match="NaN"):
@@ -179,10 +182,10 @@ def test_ode_log_prob_of_the_exact_model_is_the_true_density(device):
     mix = data.eight_gaussians_density()
     x = mix.sample(500, torch.Generator().manual_seed(0), device=device)
     with torch.no_grad():
-        lp = m.ode_log_prob(x, steps=64)
+        lp = m.log_prob(x, steps=64)
     assert lp.shape == (500,) and lp.device.type == device.type
     t = torch.tensor(m.schedule.t_min)
     exact = mix.noised(float(m.schedule.alpha(t)), float(m.schedule.sigma(t))).log_prob(x.double().cpu())
     assert (lp.double().cpu() - exact).abs().max() < 0.02
     with pytest.raises(ValueError):
-        m.ode_log_prob(torch.zeros(3, 3, device=device))
+        m.log_prob(torch.zeros(3, 3, device=device))

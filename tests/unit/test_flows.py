@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from genlib import data, solvers, train, zoo
+from genlib import data, metrics, solvers, train, zoo
 from genlib.models import flows
 
 
@@ -89,8 +89,9 @@ def test_density_integrates_to_one_on_a_grid(coupling):
 def test_sample_transform_and_intermediates(device):
     f = _random_flow(device=device)
     g = torch.Generator(device=device).manual_seed(0)
-    x = f.sample(300, generator=g)
-    assert x.shape == (300, 2) and x.device.type == device.type and f.last_nfe == f.n_networks == 4
+    with metrics.count_evaluations(f) as count:
+        x = f.sample(300, generator=g)
+    assert x.shape == (300, 2) and x.device.type == device.type and count.per_sample(300) == f.n_networks == 4
     g = torch.Generator(device=device).manual_seed(0)
     z = torch.randn(300, 2, device=device, generator=g)
     path = f.transform(z, return_intermediates=True)
@@ -238,8 +239,9 @@ def test_cnf_density_integrates_to_one_and_sample_shapes(device):
         grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
         mass = float(cnf.log_prob(grid).exp().sum()) * (xs[1] - xs[0]).item() ** 2
         assert abs(mass - 1) < 0.02, mass
-        x = cnf.sample(100, generator=torch.Generator(device=device).manual_seed(0))
-    assert x.shape == (100, 2) and x.device.type == device.type and cnf.last_nfe == 16
+        with metrics.count_evaluations(cnf) as count:
+            x = cnf.sample(100, generator=torch.Generator(device=device).manual_seed(0))
+    assert x.shape == (100, 2) and x.device.type == device.type and count.per_sample(100) == 16
 
 
 def test_cnf_training_is_differentiable_and_reduces_nll():
@@ -317,7 +319,31 @@ def test_zoo_recipes_are_registered():
     for key in [("flow", "eight_gaussians"), ("flow_affine", "eight_gaussians"), ("cnf", "eight_gaussians"),
                 ("flow", "digits")]:
         r = zoo.recipe(*key)
-        assert r.config and r.description
+        assert r.args and r.fit["steps"] > 0 and r.trainer == "fit" and r.description
+        assert isinstance(r.build(), (flows.Flow, flows.CNF))
+    # the CNF's solver steps are a model argument, its training steps a fit setting
+    cnf = zoo.recipe("cnf")
+    assert cnf.build().steps == cnf.args["steps"] != cnf.fit["steps"]
+    assert zoo.recipe("flow").fit["jitter"] > 0  # the headline flow trains on jittered minibatches
+    # the digits flow trains on the flattened integer images and dequantises them in its loss
+    digits = zoo.recipe("flow", "digits")
+    assert digits.model == "flows.digits_flow" and digits.data == {"set": "digits", "flatten": True}
+    assert digits.build().dequantize
+
+
+def test_digits_flow_dequantises_inside_its_loss():
+    torch.manual_seed(0)
+    f = flows.digits_flow(n_layers=1, hidden=8)
+    x = data.digits().train_x[:16].flatten(1)
+    torch.manual_seed(1)
+    loss = f.loss(x)
+    torch.manual_seed(1)
+    assert torch.equal(loss, -f.log_prob(flows.dequantize(x)).mean())  # fresh U[0, 1) noise on the integers
+    torch.manual_seed(2)
+    assert not torch.equal(f.loss(x), loss)  # other noise, another value
+    with pytest.raises(ValueError, match="images: expected integer pixel values"):
+        f.loss(x + 0.5)
+    assert not flows.coupling_flow(2, n_layers=1, hidden=8).dequantize  # a flow on real data does not
 
 
 def test_cnf_kinetic_regulariser_adds_the_energy_of_the_field():

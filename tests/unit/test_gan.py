@@ -113,6 +113,32 @@ def test_clipping_keeps_weights_in_range(device):
         gan.clip_weights(w, 0.0)
 
 
+def test_fit_makes_critic_steps_per_step_and_averages_only_the_generator(monkeypatch):
+    """gan.fit is train.fit with two players: critic_steps critic updates (each followed by the clipping of a
+    clipped WGAN) per generator update; the weight average covers the generator, not the critic."""
+    genlib.seed(0)
+    x = genlib.data.eight_gaussians(256, seed=0)
+    model = gan.mlp_gan(hidden=8, depth=1, loss="wgan_clip")
+    clips = []
+    clip_weights = gan.clip_weights
+    monkeypatch.setattr(gan, "clip_weights", lambda m, c: (clips.append(c), clip_weights(m, c))[1])
+    raw = []
+
+    def record(step, m, history):  # callbacks see the raw weights
+        raw.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+
+    hist = gan.fit(model, x, steps=6, critic_steps=3, batch_size=64, lr=1e-2, ema=0.9, progress=False,
+                   callback=record)
+    assert clips == [model.clip] * 18  # 3 clipped critic updates per step
+    assert len(hist.loss) == len(hist.extra["critic_loss"]) == len(hist.extra["w1"]) == 6
+    last = raw[-1]
+    for k, v in model.state_dict().items():
+        if k.startswith("critic."):
+            assert torch.equal(v, last[k]), k  # the critic's last iterate
+    gen = [k for k in last if k.startswith("generator.")]
+    assert gen and not all(torch.equal(model.state_dict()[k], last[k]) for k in gen)  # the generator's average
+
+
 def test_fit_learns_a_1d_gaussian(device):
     """A small non-saturating GAN moves its samples onto N(2, 0.5^2)."""
     genlib.seed(0)
@@ -121,14 +147,15 @@ def test_fit_learns_a_1d_gaussian(device):
     # the generator's weight average (ema) makes the 500-step result robust to the random stream (6/6 seeds
     # on CPU; the last iterate alone left a straggler mode in 3 of 6 and on CUDA)
     hist = gan.fit(model, data, steps=500, batch_size=256, lr=2e-3, ema=0.99, progress=False, device=device)
-    x = model.sample(4000, generator=torch.Generator(device=device).manual_seed(1))
+    with genlib.metrics.count_evaluations(model) as count:
+        x = model.sample(4000, generator=torch.Generator(device=device).manual_seed(1))
     assert x.device.type == device.type and x.shape == (4000, 1)
     assert abs(x.mean().item() - 2.0) < 0.2
     assert abs(x.std().item() - 0.5) < 0.2
     assert len(hist.loss) == 500 and set(hist.extra) == {"critic_loss", "generator_loss", "js"}
     # the JS estimate is (log 4 - critic loss) / 2 and stays within [0, log 2] up to estimation noise
     assert hist.extra["js"][0] == pytest.approx((math.log(4) - hist.extra["critic_loss"][0]) / 2)
-    assert model.last_nfe == 1
+    assert count.per_sample(4000) == 1
 
 
 def test_wgan_gp_history_and_transform(device):
@@ -176,11 +203,13 @@ def test_diverging_run_raises_naming_the_step():
 
 def test_no_likelihood():
     model = gan.mlp_gan(hidden=8, depth=1)
-    with pytest.raises(NotImplementedError, match="GAN has no likelihood"):
-        model.log_prob(torch.zeros(3, 2))
-    with pytest.raises(NotImplementedError, match="two-player game"):
-        model.loss(torch.zeros(3, 2))
-    assert not genlib.metrics._has_log_prob(model)
+    assert not hasattr(model, "log_prob")
+    # no single loss either: a two-player game, trained by gan.fit (genlib.train.fit with two players)
+    assert not hasattr(model, "loss")
+    with pytest.raises(TypeError, match="GAN has no loss"):
+        genlib.train.fit(model, torch.zeros(3, 2), steps=1, progress=False)
+    # the protocol leaves out the NLL of a model without log_prob
+    assert "nll" not in genlib.metrics.evaluate(model, n=500)
 
 
 def test_bad_inputs():
@@ -215,11 +244,19 @@ def test_bad_inputs():
 
 
 def test_zoo_recipes_registered():
-    for key in ("gan", "gan_minimax", "gan_ns", "wgan_clip", "wgan_gp"):  # gan: the wgan_gp generator + rejection
+    for key in ("gan_minimax", "gan_ns", "wgan_clip", "wgan_gp"):
         r = genlib.zoo.recipe(key)
-        assert r.config["loss"] in gan.LOSSES and "steps" in r.config
-    assert genlib.zoo.recipe("dcgan", "digits").config["n_classes"] == 0
-    assert genlib.zoo.recipe("cgan", "digits").config["n_classes"] == 10
+        assert r.model == "gan.mlp_gan" and r.trainer == "gan"
+        assert r.args["loss"] in gan.LOSSES and r.args["loss"] == key.removeprefix("gan_")  # the loss is the model's
+        assert r.fit["steps"] > 0 and r.fit["critic_steps"] >= 1 and "loss" not in r.fit
+        model = r.build()
+        assert isinstance(model, gan.GAN) and model.loss_type == r.args["loss"]
+    # the Wasserstein variants make two critic steps per generator step
+    assert genlib.zoo.recipe("wgan_gp").fit["critic_steps"] == genlib.zoo.recipe("wgan_clip").fit["critic_steps"] == 2
+    assert genlib.zoo.recipe("dcgan", "digits").args["n_classes"] == 0
+    cgan = genlib.zoo.recipe("cgan", "digits")
+    assert cgan.args["n_classes"] == 10 and cgan.data == {"set": "digits", "labels": True}
+    assert cgan.build().n_classes == 10
 
 
 # ------------------------------------------------------------------------------------------ rejection
@@ -253,21 +290,22 @@ def test_rejection_with_the_exact_ratio_recovers_the_target(device):
     x_star = m / (1 - s**2)
     log_max = float(_ExactLogRatio(m, s)(x_star[None])[0, 0])
     assert rate == pytest.approx(math.exp(-log_max), rel=0.05)
-    x = sampler.sample(20_000, generator=g)
+    with genlib.metrics.count_evaluations(sampler) as count:
+        x = sampler.sample(20_000, generator=g)
     assert x.shape == (20_000, 2) and x.device.type == device.type
     assert torch.allclose(x.mean(0).cpu(), m, atol=0.02)
     assert torch.allclose(x.std(0).cpu(), torch.full((2,), s), atol=0.02)
     # two networks per proposal, and the proposals of the last round beyond the n kept are paid for too
-    assert 0.97 * 2 / rate < sampler.last_nfe < 1.1 * 2 / rate
+    assert 0.97 * 2 / rate < count.per_sample(20_000) < 1.1 * 2 / rate
     # the same filter as a deterministic map of (z, u): G(z) where u < min(1, r / M), NaN where rejected
     z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(4)).to(device)
     u = torch.rand(1000, generator=torch.Generator().manual_seed(5)).to(device)
-    xz = sampler.transform(z, u)
+    xz = sampler.transform(torch.cat([z, u[:, None]], 1))
     kept = u < sampler.accept_probability(z)
     assert torch.equal(xz[kept], z[kept]) and xz[~kept].isnan().all() and 0 < kept.sum() < 1000
-    assert torch.equal(sampler.transform(z, torch.zeros_like(u)), z)  # u = 0 keeps everything
-    with pytest.raises(ValueError, match="u: expected one uniform per noise vector"):
-        sampler.transform(z, u[:5])
+    assert torch.equal(sampler.transform(torch.cat([z, torch.zeros_like(u)[:, None]], 1)), z)  # u = 0 keeps all
+    with pytest.raises(ValueError, match=r"noise: expected a tensor of shape \(n, 3\)"):
+        sampler.transform(z)  # the uniform is missing
     # without the correction the proposals are far from the target: the test can fail
     assert sampler.gan.sample(20_000, generator=g).std(0).min() > 0.9
 
@@ -310,8 +348,7 @@ def test_rejection_bad_inputs():
     sampler = gan.rejection_sampler(model, hidden=8, depth=1)
     with pytest.raises(RuntimeError, match="not calibrated"):
         sampler.sample(3)
-    with pytest.raises(NotImplementedError, match="no likelihood"):
-        sampler.log_prob(torch.zeros(3, 2))
+    assert not hasattr(sampler, "log_prob")
     with pytest.raises(TypeError, match="model: expected a GAN"):
         gan.rejection_sampler(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="for unconditional GANs"):
@@ -336,7 +373,16 @@ def test_rejection_bad_inputs():
 
 def test_zoo_gan_is_the_wgan_gp_generator_with_rejection():
     r, base = genlib.zoo.recipe("gan"), genlib.zoo.recipe("wgan_gp")
-    drop = ("desc", "variant", "rejection")
-    assert {k: v for k, v in r.config.items() if k not in drop} == {
-        k: v for k, v in base.config.items() if k not in drop}
-    assert r.config["rejection"]["steps"] > 0 and isinstance(r.build(dict(r.config)), gan.RejectionSampler)
+    assert r.model == "gan.mlp_rejection_sampler" and r.trainer == "rejection"
+    assert r.args["gan"] == base.args  # the same generator (and critic) as the WGAN-GP recipe
+    assert {"hidden", "depth", "quantile"} <= set(r.args) and 0 < r.args["quantile"] <= 1
+    assert r.needs == (("wgan_gp", "eight_gaussians", None),)  # trained on the same seed
+    assert r.init_from == "wgan_gp" and r.init_into == "gan" and r.data == base.data
+    assert r.fit["steps"] > 0 and "critic_steps" not in r.fit  # the classifier's settings, not the game's
+    sampler = r.build()
+    assert isinstance(sampler, gan.RejectionSampler)
+    # the trained WGAN-GP's weights load into the sampler's GAN (what init_into does), shape for shape
+    wgan = base.build()
+    sampler.get_submodule(r.init_into).load_state_dict(wgan.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(sampler.gan.state_dict().values(), wgan.state_dict().values(),
+                                                   strict=True))

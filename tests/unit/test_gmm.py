@@ -66,8 +66,12 @@ def test_sampling_matches_weights_and_components():
     m = GaussianMixture(3)
     cov = torch.tensor([[[1.0, 0.5], [0.5, 2.0]], [[0.2, 0.0], [0.0, 0.2]], [[3.0, -1.0], [-1.0, 1.0]]])
     m.set_parameters(torch.tensor([0.5, 0.3, 0.2]), torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 2.0]]), cov)
-    x, k = m.sample(40_000, generator=torch.Generator().manual_seed(0), return_components=True)
-    assert x.shape == (40_000, 2) and x.dtype == torch.float32 and m.last_nfe == 0
+    noise = m.base.sample(40_000, torch.Generator().manual_seed(0))
+    with metrics.count_evaluations(m) as count:
+        x = m.transform(noise)
+    k = m.components(noise)
+    assert x.shape == (40_000, 2) and x.dtype == torch.float32 and count.per_sample(40_000) == 0
+    assert torch.equal(x, m.sample(40_000, generator=torch.Generator().manual_seed(0)))
     freq = torch.bincount(k, minlength=3).double() / 40_000
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), atol=4 * math.sqrt(0.25 / 40_000))
     for j in range(3):
@@ -81,12 +85,15 @@ def test_transform_is_the_affine_map_of_the_chosen_component():
     m.set_parameters(torch.tensor([0.25, 0.75]), torch.tensor([[1.0, 2.0], [-3.0, 0.0]]),
                      torch.tensor([[[4.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 9.0]]]))
     z = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
-    assert torch.allclose(m.transform(z, 0), torch.tensor([[3.0, 3.0], [3.0, 3.0]]))
-    assert torch.allclose(m.transform(z, u=torch.tensor([0.1, 0.9])), torch.tensor([[3.0, 3.0], [-2.0, 3.0]]))
+    assert torch.allclose(m.component_map(z, 0), torch.tensor([[3.0, 3.0], [3.0, 3.0]]))
+    noise = torch.cat([torch.tensor([[0.1], [0.9]]), z], 1).double()
+    assert torch.allclose(m.transform(noise), torch.tensor([[3.0, 3.0], [-2.0, 3.0]]))
+    assert torch.equal(m.components(noise), torch.tensor([0, 1]))
+    assert torch.allclose(m.transform(noise, component=0), torch.tensor([[3.0, 3.0], [3.0, 3.0]]))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     x = m.sample(10, generator=g1)
-    u, z = torch.rand(10, generator=g2, dtype=torch.float64), torch.randn(10, 2, generator=g2, dtype=torch.float64)
-    assert torch.allclose(x, m.transform(z, u=u).float())
+    u, z = torch.rand(10, 1, generator=g2, dtype=torch.float64), torch.randn(10, 2, generator=g2, dtype=torch.float64)
+    assert torch.allclose(x, m.transform(torch.cat([u, z], 1)))
 
 
 def test_singular_component_gives_no_nan():
@@ -139,8 +146,10 @@ def test_bad_input_gives_clear_errors(train):
         fit(m, train[:2], progress=False)
     with pytest.raises(ValueError, match="x: expected last dimension 2"):
         m.log_prob(torch.randn(4, 5))
-    with pytest.raises(ValueError, match="exactly one of k"):
+    with pytest.raises(ValueError, match=r"noise: expected a tensor of shape \(n, 3\)"):
         m.transform(torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"k: component indices must lie in \[0, 3\)"):
+        m.component_map(torch.randn(4, 2), torch.tensor([0, 1, 2, 3]))
 
 
 def test_zoo_models_round_trip_and_meet_targets(tmp_cache):

@@ -77,7 +77,6 @@ class _TrueModel(torch.nn.Module):
         self.mix = data.eight_gaussians_density()
 
     def sample(self, n, generator=None):
-        self.last_nfe = 0
         return self.mix.sample(n, generator, device=self.anchor.device)
 
     def log_prob(self, x):
@@ -183,3 +182,25 @@ def test_nats_to_bits_per_dim():
     assert metrics.nats_to_bits_per_dim(64 * math.log(17), 64) == pytest.approx(math.log2(17))
     with pytest.raises(ValueError, match="dim"):
         metrics.nats_to_bits_per_dim(1.0, 0)
+
+
+def test_digits_classifier_lives_in_nn_and_trains_on_shifted_digits():
+    from genlib import nn, zoo
+
+    assert metrics.DigitsClassifier is nn.DigitsClassifier  # still importable from metrics
+    r = zoo.recipe("digits_classifier", "digits")
+    assert r.model == "genlib.nn.DigitsClassifier" and r.data["augment"] == "shift1"
+    torch.manual_seed(0)
+    clf = r.build()
+    assert isinstance(clf, nn.DigitsClassifier)
+    x, y = data.digits().train_x[:6], data.digits().train_y[:6]
+    assert clf(x).shape == (6, 10) and clf.features(x).shape == (6, 64)
+    assert torch.isfinite(clf.loss(x, y)) and clf.loss(x, y).ndim == 0
+    # the augmentation: the images, then their four one-pixel shifts (right, left, down, up), labels repeated
+    xa, ya = data.shift_augment(x, y)
+    assert xa.shape == (30, 1, 8, 8) and torch.equal(ya, y.repeat(5))
+    assert torch.equal(xa[:6], x)
+    assert torch.equal(xa[6:12, :, :, 1:], x[:, :, :, :-1])  # shifted one pixel right
+    assert torch.equal(xa[12:18, :, :, :-1], x[:, :, :, 1:])  # one pixel left
+    assert torch.equal(xa[18:24, :, 1:], x[:, :, :-1])  # one pixel down
+    assert torch.equal(xa[24:, :, :-1], x[:, :, 1:])  # one pixel up

@@ -103,11 +103,20 @@ def test_fit_bad_arguments():
     with pytest.raises(TypeError, match="has no loss"):
         train.fit(torch.nn.Linear(2, 2), torch.zeros(4, 2), progress=False)
     with pytest.raises(ValueError, match="optimizer: unknown value"):
-        train.fit(Gaussian(), torch.zeros(4, 2), optimizer="rmsprop", progress=False)
+        train.fit(Gaussian(), torch.zeros(4, 2), optimizer="lbfgs", progress=False)
     with pytest.raises(ValueError, match="share the first dimension"):
         train.fit(Gaussian(), (torch.zeros(4, 2), torch.zeros(3)), progress=False)
     with pytest.raises(TypeError, match="data: expected a tensor"):
         train.fit(Gaussian(), [[0.0, 1.0]], progress=False)
+    with pytest.raises(ValueError, match="jitter"):
+        train.fit(Gaussian(), torch.zeros(4, 2), jitter=-0.1, progress=False)
+
+
+def test_fit_rmsprop_minimises_the_loss():
+    x = data.eight_gaussians(512, seed=0) + torch.tensor([1.0, -2.0])
+    m = Gaussian()
+    train.fit(m, x, steps=300, lr=0.02, batch_size=128, optimizer="rmsprop", progress=False)
+    assert torch.allclose(m.mu.detach(), x.mean(0), atol=0.15)
 
 
 def test_seed_and_device():
@@ -131,3 +140,128 @@ def test_mlp_large_batches_without_autograd_match(device):
         chunked = net(x, t)
     assert chunked.shape == full.shape
     assert torch.allclose(chunked, full, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ jitter
+
+
+def test_fit_jitter_is_a_loss_with_the_same_noise_added(device):
+    """jitter=s is a loss_fn that adds s * N(0, 1) noise from a generator on the data's device seeded by the
+    seed to every minibatch's first tensor: the same run bit for bit; the other tensors are left alone."""
+    x = data.eight_gaussians(256, seed=0, device=device)
+
+    def run(**kw):
+        m = Gaussian().to(device)
+        h = train.fit(m, x, steps=25, lr=0.05, batch_size=64, seed=3, progress=False, **kw)
+        return m.mu.detach().clone(), h.loss
+
+    g = torch.Generator(device=device).manual_seed(3)
+    manual = run(loss_fn=lambda m, b: m.loss(b + 0.3 * torch.randn(b.shape, device=device, generator=g)))
+    jittered = run(jitter=0.3)
+    assert torch.equal(jittered[0], manual[0]) and jittered[1] == manual[1]
+    plain = run()
+    assert not torch.equal(jittered[0], plain[0])  # the noise changes the run: the comparison can fail
+    # a tuple of tensors: only the first is jittered
+    gaps, other = [], []
+
+    def loss_fn(m, a, b):
+        gaps.append(float((a - b).abs().max()))
+        other.append(bool((b[:, None] == x[None]).all(-1).any(1).all()))  # b's rows are rows of the data
+        return m.loss(a)
+
+    train.fit(Gaussian().to(device), (x, x.clone()), steps=5, batch_size=64, jitter=0.3, loss_fn=loss_fn,
+              progress=False)
+    assert all(0 < gap < 3 for gap in gaps) and all(other)
+
+
+# ------------------------------------------------------------------------------------------ players
+
+
+class TwoPlayers(torch.nn.Module):
+    """Two learnable means, one per player."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros(2))
+        self.b = torch.nn.Parameter(torch.zeros(2))
+
+
+def _two_player_run(critic_average: bool):
+    """Two players on two means: a critic with two updates per step, a generator with one; ema 0.9."""
+    x = data.eight_gaussians(512, seed=0)
+    m = TwoPlayers()
+    calls = {"critic": 0, "critic_steps": 0, "generator": 0}
+
+    def critic(b):
+        calls["critic"] += 1
+        return 0.5 * ((b - m.a) ** 2).sum(1).mean()
+
+    def generator(b):
+        calls["generator"] += 1
+        return 0.5 * ((b + 2.0 - m.b) ** 2).sum(1).mean()
+
+    def count_step(model):
+        assert model is m
+        calls["critic_steps"] += 1
+
+    iterates = {"a": [], "b": []}
+
+    def record(step, model, history):  # callbacks see the raw weights
+        iterates["a"].append(model.a.detach().clone())
+        iterates["b"].append(model.b.detach().clone())
+
+    players = [train.Player("critic", [m.a], critic, updates=2, average=critic_average, after_update=count_step),
+               train.Player("generator", [m.b], generator)]
+    h = train.fit(m, x, players=players, steps=30, lr=0.05, batch_size=64, ema=0.9, progress=False, callback=record)
+    return m, h, calls, iterates
+
+
+def _warm_average(iterates, decay=0.9):
+    avg = torch.zeros(2)
+    for k, p in enumerate(iterates):
+        d = min(decay, (1 + k) / (10 + k))
+        avg = d * avg + (1 - d) * p
+    return avg
+
+
+def test_players_update_as_often_as_asked_and_only_averaged_players_enter_the_ema():
+    m, h, calls, iterates = _two_player_run(critic_average=False)
+    assert calls == {"critic": 60, "critic_steps": 60, "generator": 30}  # two critic steps per training step
+    assert len(h.loss) == 30 and len(h.extra["critic_loss"]) == 30 and len(h.extra["generator_loss"]) == 30
+    assert h.loss == h.extra["generator_loss"]  # loss: the last player's
+    # the critic (average=False) ends at its last iterate; the generator at the warmed-up average of its iterates
+    assert torch.equal(m.a.detach(), iterates["a"][-1])
+    assert torch.allclose(m.b.detach(), _warm_average(iterates["b"]), atol=1e-6)
+    assert not torch.allclose(m.b.detach(), iterates["b"][-1], atol=1e-3)
+    # with average=True the critic too ends at its average, not its last iterate (the same run otherwise)
+    m2, _, _, iterates2 = _two_player_run(critic_average=True)
+    assert all(torch.equal(p, q) for p, q in zip(iterates["a"], iterates2["a"], strict=True))
+    assert torch.allclose(m2.a.detach(), _warm_average(iterates2["a"]), atol=1e-6)
+    assert not torch.allclose(m2.a.detach(), iterates2["a"][-1], atol=1e-3)
+
+
+def test_a_players_diverging_loss_raises_naming_the_player_and_the_step():
+    x = data.eight_gaussians(256, seed=0)
+    m = TwoPlayers()
+    calls = {"critic": 0}
+
+    def critic(b):  # becomes NaN on its 6th call: the first update of step 2 (two updates per step)
+        calls["critic"] += 1
+        loss = 0.5 * ((b - m.a) ** 2).sum(1).mean()
+        return loss * float("nan") if calls["critic"] == 6 else loss
+
+    players = [train.Player("critic", [m.a], critic, updates=2),
+               train.Player("generator", [m.b], lambda b: 0.5 * ((b - m.b) ** 2).sum(1).mean())]
+    with pytest.raises(train.TrainingDiverged, match=r"the critic loss became nan at step 2 of 10"):
+        train.fit(m, x, players=players, steps=10, batch_size=64, progress=False)
+    players[0] = train.Player("critic", [m.a], lambda b: 0.5 * ((b - m.a) ** 2).sum(1).mean())
+    players[1] = train.Player("generator", [m.b], lambda b: (b - m.b).sum() * float("inf"))
+    with pytest.raises(train.TrainingDiverged, match=r"the generator loss became (-)?inf at step 0 of 10"):
+        train.fit(m, x, players=players, steps=10, batch_size=64, progress=False)
+    with pytest.raises(ValueError, match="loss_fn: players bring their own losses"):
+        train.fit(m, x, players=players, loss_fn=lambda mod, b: b.sum(), steps=1, progress=False)
+    with pytest.raises(ValueError, match="players: empty has no trainable parameters"):
+        train.fit(m, x, players=[train.Player("empty", [], lambda b: b.sum())], steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"players\[critic\].updates: expected an int >= 1"):
+        train.fit(m, x, players=[train.Player("critic", [m.a], lambda b: b.sum(), updates=0)], steps=1,
+                  progress=False)

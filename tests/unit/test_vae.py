@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from genlib import data, zoo
+from genlib import data, metrics, train, zoo
 from genlib.metrics import nats_to_bits_per_dim
 from genlib.models.vae import VAE, VQVAE, Autoencoder, gaussian_kl, gaussian_log_prob
 
@@ -89,14 +89,12 @@ def test_iw_bound_beta_weights_the_prior_ratio_and_drives_iwae_training(device):
 def test_iwae_warmup_avoids_posterior_collapse():
     # On the eight Gaussians a VAE trained on L_8 from the start falls into the collapsed solution (the decoder
     # ignores z, every posterior is the prior); the KL warm-up inside the weights lets the decoder use the code.
-    from genlib.models.vae import train_vae
-
     kl = {}
+    x = data.eight_gaussians(2000, seed=0)
     for warmup in (0, 300):
         torch.manual_seed(0)
-        model = VAE((2,), latent_dim=2, hidden=64, depth=3, train_k=8)
-        train_vae(model, {"data": "eight_gaussians", "steps": 1500, "batch_size": 128, "lr": 2e-3,
-                          "kl_warmup": warmup}, 0, "cpu", progress=False)
+        model = VAE((2,), latent_dim=2, hidden=64, depth=3, train_k=8, kl_warmup=warmup)
+        train.fit(model, x, steps=1500, batch_size=128, lr=2e-3, schedule="cosine", seed=0, progress=False)
         with torch.no_grad():
             mu, logvar = model.posterior(data.eight_gaussians(2000, seed=0))
         kl[warmup] = float(gaussian_kl(mu, logvar).mean())
@@ -131,14 +129,13 @@ def test_digits_vae_shapes_bits_and_noise(device):
 
 
 def test_short_training_lowers_the_digits_bound():
-    from genlib.models.vae import train_vae
-
     torch.manual_seed(0)
     model = VAE((1, 8, 8), latent_dim=4, hidden=64, depth=1, likelihood="categorical")
     test_x = data.digits().test_x
     with torch.no_grad():
         before = float(-model.iw_bound(test_x, k=8).mean()) / (64 * math.log(2))
-    train_vae(model, {"data": "digits", "steps": 300, "batch_size": 128, "lr": 3e-3}, 0, "cpu", progress=False)
+    train.fit(model, data.digits().train_x, steps=300, batch_size=128, lr=3e-3, schedule="cosine", seed=0,
+              progress=False)
     with torch.no_grad():
         after = float(-model.iw_bound(test_x, k=8).mean()) / (64 * math.log(2))
     assert before > 3.5 and after < 2.5, (before, after)
@@ -183,8 +180,6 @@ def test_codebook_indices_in_range_and_decode(device):
 
 
 class _UniformPrior:
-    last_nfe = 0
-
     def __init__(self, k, shape):
         self.k, self.shape = k, shape
 
@@ -194,11 +189,13 @@ class _UniformPrior:
 
 def test_vqvae_sample_needs_a_prior(device):
     model = VQVAE(codebook_size=8, code_dim=4, channels=8).to(device).eval()
-    with pytest.raises(NotImplementedError, match="prior"):
+    with pytest.raises(ValueError, match="prior"):
         model.sample(4)
+    assert not hasattr(model, "base")  # no prior over codes, no base distribution
     prior = _UniformPrior(8, model.code_shape)
-    out = model.sample(4, generator=torch.Generator().manual_seed(0), prior=prior)
-    assert out.shape == (4, 1, 8, 8) and out.device.type == device.type and model.last_nfe == 1
+    with metrics.count_evaluations(model) as count:
+        out = model.sample(4, generator=torch.Generator().manual_seed(0), prior=prior)
+    assert out.shape == (4, 1, 8, 8) and out.device.type == device.type and count.per_sample(4) == 1
     model.attach_prior(prior)
     assert model.sample(3).shape == (3, 1, 8, 8)
     assert "prior" not in dict(model.named_modules()) and not any("prior" in k for k in model.state_dict())
@@ -212,8 +209,7 @@ def test_bad_inputs_give_clear_errors():
         vae.elbo(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="NaN"):
         vae.loss(torch.full((4, 2), float("nan")))
-    with pytest.raises(NotImplementedError, match="iw_bound"):
-        vae.log_prob(torch.zeros(4, 2))
+    assert not hasattr(vae, "log_prob")  # no exact density: iw_bound and elbo bound it
     with pytest.raises(ValueError, match="likelihood"):
         VAE((2,), likelihood="poisson")
     with pytest.raises(ValueError, match="levels"):
@@ -246,12 +242,10 @@ def test_bad_inputs_give_clear_errors():
 
 
 def test_denoising_autoencoder_learns_to_denoise():
-    from genlib.models.vae import train_autoencoder
-
     torch.manual_seed(0)
     model = Autoencoder((1, 8, 8), latent_dim=8, hidden=64, depth=1, noise_std=0.3, levels=17)
-    train_autoencoder(model, {"data": "digits", "steps": 300, "batch_size": 128, "lr": 3e-3}, 0, "cpu",
-                      progress=False)
+    train.fit(model, data.digits().train_x, steps=300, batch_size=128, lr=3e-3, schedule="cosine", seed=0,
+              progress=False)
     test_x = data.digits().test_x
     with torch.no_grad():
         noisy = (test_x + 0.3 * 16 * torch.randn(test_x.shape, generator=torch.Generator().manual_seed(0)))
@@ -265,7 +259,8 @@ def test_zoo_recipes_have_the_promised_interfaces(tmp_cache):
     for family, dataset in [("vae", "eight_gaussians"), ("vae", "digits"), ("vae_2d", "digits"),
                             ("vqvae", "digits"), ("autoencoder", "digits")]:
         r = zoo.recipe(family, dataset)
-        model = r.build(dict(r.config))
+        model = r.build()
+        assert r.trainer == "fit" and r.fit["steps"] > 0
         if family == "vae" and dataset == "eight_gaussians":
             assert model.latent_dim == 2 and model.sample(5).shape == (5, 2)
         elif family in ("vae", "vae_2d"):
@@ -275,5 +270,66 @@ def test_zoo_recipes_have_the_promised_interfaces(tmp_cache):
             assert model.decode(z).shape == (3, 1, 8, 8)
         elif family == "vqvae":
             assert model.codebook_size == 32 and model.code_shape == (4, 4)
-    assert zoo.recipe("vae", "digits").config["latent_dim"] == zoo.recipe("vae", "digits").build(
-        dict(zoo.recipe("vae", "digits").config)).latent_dim
+        if family.startswith("vae"):  # the KL warm-up is the model's option, read from the recipe's args
+            assert model.kl_warmup == r.args["kl_warmup"] > 0 and "kl_warmup" not in r.fit
+    r = zoo.recipe("vae", "digits")
+    assert r.args["latent_dim"] == r.build().latent_dim
+    assert zoo.recipe("vae").args["train_k"] == zoo.recipe("vae").build().train_k > 1  # the IWAE-trained headline
+
+
+# ------------------------------------------------------------------------------------------ KL warm-up
+
+
+def test_kl_warmup_raises_beta_over_training_mode_loss_calls():
+    """VAE(kl_warmup=4): the training loss weighs the KL by 0, 1/4, 1/2, 3/4, 1, 1, ... on successive
+    training-mode calls (checked against elbo_terms with the same noise); eval-mode calls use the full beta
+    and do not advance the warm-up."""
+    torch.manual_seed(0)
+    model = VAE((2,), latent_dim=2, hidden=16, depth=2, kl_warmup=4)
+    x = data.eight_gaussians(64, seed=0)
+
+    def terms(seed):
+        torch.manual_seed(seed)
+        rec, kl = model.elbo_terms(x)
+        return rec.detach(), kl.detach()
+
+    def loss(seed):
+        torch.manual_seed(seed)
+        return model.loss(x).detach()
+
+    model.train()
+    for step, beta in enumerate([0.0, 0.25, 0.5, 0.75, 1.0, 1.0]):
+        rec, kl = terms(step)
+        assert float(kl.mean()) > 0.01  # the KL term matters: a wrong beta would show
+        assert torch.allclose(loss(step), (beta * kl - rec).mean(), rtol=0, atol=1e-6), step
+        if step == 1:  # an evaluation in between: the full beta, and the warm-up's clock does not move
+            model.eval()
+            rec_e, kl_e = terms(50)
+            assert torch.allclose(loss(50), (kl_e - rec_e).mean(), rtol=0, atol=1e-6)
+            model.train()
+
+
+def test_kl_warmup_scales_beta_inside_the_iw_weights():
+    torch.manual_seed(0)
+    model = VAE((2,), latent_dim=2, hidden=16, depth=2, train_k=4, beta=2.0, kl_warmup=2).train()
+    x = data.eight_gaussians(32, seed=0)
+    for beta in (0.0, 1.0, 2.0, 2.0):  # beta * min(1, calls / kl_warmup)
+        torch.manual_seed(7)
+        got = model.loss(x).detach()
+        torch.manual_seed(7)
+        assert torch.allclose(got, -model.iw_bound(x, k=4, beta=beta).mean().detach(), rtol=0, atol=1e-5), beta
+    with pytest.raises(ValueError, match="kl_warmup"):
+        VAE((2,), kl_warmup=-1)
+
+
+def test_fit_logs_the_vqvaes_codebook_usage_every_step():
+    torch.manual_seed(0)
+    model = VQVAE(codebook_size=8, code_dim=4, channels=8)
+    seen = []
+    h = train.fit(model, data.digits().train_x[:256], steps=4, batch_size=64, lr=1e-3, progress=False,
+                  callback=lambda step, m, hist: seen.append(m.codebook_usage(m.last_indices)))
+    assert len(h.extra["perplexity"]) == len(h.extra["used"]) == 4
+    assert h.extra["perplexity"] == [u["perplexity"] for u in seen]
+    assert h.extra["used"] == [float(u["used"]) for u in seen]
+    assert all(1 <= u <= 8 for u in h.extra["used"])
+    assert model.step_metrics() == {"perplexity": seen[-1]["perplexity"], "used": seen[-1]["used"]}
