@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable
 
 import torch
@@ -120,10 +121,26 @@ def seeded(seed: int | None, device=None):
 
 def nats_to_bits_per_dim(nats, dim: int):
     """Convert a negative log-likelihood in nats per example to bits per dimension (bits per pixel for images)."""
-    import math
-
     check_positive_int("dim", dim)
     return nats / (dim * math.log(2.0))
+
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean=None, logvar=None, dims: int = 1) -> torch.Tensor:
+    """log N(x | mean, diag exp(logvar)) summed over the last `dims` dimensions: genlib's one Gaussian density.
+
+    ``mean`` and ``logvar`` broadcast against x (None: 0, the standard normal), so
+    ``gaussian_log_prob(x[:, None], means, logvar)`` scores every row against every component.
+    """
+    sq = (x if mean is None else x - mean).pow(2)
+    if logvar is None:
+        lp = -0.5 * (LOG_2PI + sq)
+    else:
+        logvar = torch.as_tensor(logvar, dtype=sq.dtype, device=sq.device)
+        lp = -0.5 * (LOG_2PI + logvar + sq * torch.exp(-logvar))
+    return lp.flatten(lp.ndim - dims).sum(-1)
 
 
 class NoiseTape:

@@ -14,7 +14,15 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ._util import check_choice, check_positive_float, check_positive_int, check_tensor, randn, resolve_device
+from ._util import (
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    check_tensor,
+    gaussian_log_prob,
+    randn,
+    resolve_device,
+)
 
 __all__ = [
     "shift_augment",
@@ -106,8 +114,7 @@ class IsotropicGaussianMixture:
         x = self._check_x(x)
         m = self.means.to(device=x.device, dtype=x.dtype)
         w = self.weights.to(device=x.device, dtype=x.dtype)
-        d2 = ((x.unsqueeze(-2) - m) ** 2).sum(-1)
-        return torch.log(w) - 0.5 * d2 / self.std**2 - self.dim * (math.log(self.std) + 0.5 * math.log(2 * math.pi))
+        return torch.log(w) + gaussian_log_prob(x.unsqueeze(-2), m, 2 * math.log(self.std))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log-density at each row of x."""

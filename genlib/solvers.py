@@ -8,12 +8,11 @@ tensor on the state's device.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 
-from ._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand, randn
+from ._util import check_choice, check_positive_float, check_positive_int, check_tensor, gaussian_log_prob, rand, randn
 
 __all__ = [
     "METHODS",
@@ -330,7 +329,7 @@ def log_prob_ode(
     z, integral = odeint(augmented, start, t_data, t_noise, steps, method)
     # integral = int_{t_data}^{t_noise} div dt = -int_{t_noise}^{t_data} div dt
     if base_log_prob is None:
-        logp0 = -0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+        logp0 = gaussian_log_prob(z)
     else:
         logp0 = base_log_prob(z)
     logp = logp0 + integral

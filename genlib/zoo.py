@@ -41,7 +41,7 @@ class Recipe:
     - ``model``: the factory, a name in :mod:`genlib.models` (``"flows.coupling_flow"``) or any dotted path
       (``"genlib.nn.MLP"``), or a callable; ``args``: its keyword arguments;
     - ``data``: what it trains on: ``{"set": name}`` with a 2-D set's name (2,000 points drawn by the seed),
-      ``"digits"`` (the train split; ``"labels": True`` adds the labels, ``"flatten": True`` flattens,
+      ``"digits"`` (the train split; ``"labels": True`` adds the labels,
       ``"augment": "shift1"`` adds the one-pixel shifts) or ``"names"`` (``"corpus"``'s training names as
       tokens); ``{"encode": key, "method": name}`` the digits encoded by a needed model; ``{"reflow": key,
       "pairs": n, "steps": k, "method": m}`` a flow-matching model's own couplings;
@@ -313,10 +313,9 @@ def _data(spec: dict, seed: int, device: torch.device, starts: dict):
     name = spec["set"]
     if name == "digits":
         split = d.digits(device=device)
-        x = split.train_x.flatten(1) if spec.get("flatten") else split.train_x
         if spec.get("augment") == "shift1":
             return d.shift_augment(split.train_x, split.train_y)
-        return (x, split.train_y) if spec.get("labels") else x
+        return (split.train_x, split.train_y) if spec.get("labels") else split.train_x
     if name == "names":
         corpus = d.names_corpus(spec["corpus"])
         return corpus.tokenizer.batch(corpus.train, device=device)
@@ -579,7 +578,7 @@ register("cnf", "eight_gaussians", "flows.CNF",
          description="Continuous normalizing flow: MLP field with time embedding, 5 RK4 steps, exact divergence, "
          "maximum likelihood through the solver with a kinetic-energy penalty (RNODE).")
 register("flow", "digits", "flows.digits_flow", {"n_layers": 6, "hidden": 192, "depth": 2, "alpha": 0.05},
-         {"set": "digits", "flatten": True},
+         {"set": "digits"},
          {"steps": 1500, "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-5, "optimizer": "adamw",
           "schedule": "cosine"},
          description="Coupling flow on uniformly dequantised 8x8 digits (logit preprocessing, checkerboard masks, "
@@ -671,10 +670,12 @@ register("flow_matching", "digits", "flow_matching.FlowMatching",
          {**_FM, "dim": 64, "shape": [1, 8, 8], "shift": 8.0, "scale": 8.0, "clamp": [0.0, 16.0], "hidden": 512,
           "time_embed_dim": 64}, fit={**_FM_FIT, "steps": 3000, "batch_size": 128, "lr": 1e-3},
          description="Flow matching in pixel space on the 8x8 digits (MLP velocity, 64-d).")
-register("flow_matching_latent", "digits", "flow_matching.FlowMatching", {**_FM, "dim": 8, "hidden": 256},
-         {"encode": "vae"}, {**_FM_FIT, "steps": 3000, "batch_size": 128, "lr": 1e-3, "standardize": True},
-         needs=(("vae", "digits", 0),),
-         description="Flow matching in the latent space of the VAE chapter's digits model (samples are latent codes).")
+register("flow_matching_latent", "digits", "flow_matching.latent_flow_matching",
+         {**_FM, "dim": 8, "hidden": 256, "vae": _VAE_DIGITS}, {"set": "digits"},
+         {**_FM_FIT, "steps": 3000, "batch_size": 128, "lr": 1e-3, "standardize": True},
+         needs=(("vae", "digits", 0),), init_from="vae", init_into="autoencoder",
+         description="Flow matching in the latent space of the VAE chapter's digits model (trained on its codes, "
+         "samples decoded to images).")
 
 # --- the Synthesis chapter's second data set: every headline recipe again, unchanged but for its data (and the
 # recipes it starts from), trained on two moons instead of the eight Gaussians.

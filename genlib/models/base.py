@@ -19,21 +19,14 @@ See the Reference chapter "How genlib is built" of the book for the whole contra
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .._util import NoiseTape, check_choice, check_positive_int, module_device, rand, randn
+from .._util import NoiseTape, check_choice, check_positive_int, gaussian_log_prob, module_device, rand, randn
 
-__all__ = ["Noise", "NoiseTape", "Generative", "standard_normal_log_prob"]
+__all__ = ["Noise", "NoiseTape", "Generative", "Latent", "gaussian_log_prob"]
 
 KINDS = ("normal", "uniform")
-
-
-def standard_normal_log_prob(x: torch.Tensor, dims: int = 1) -> torch.Tensor:
-    """log N(x | 0, I) summed over the last `dims` dimensions."""
-    return (-0.5 * x.pow(2) - 0.5 * math.log(2 * math.pi)).flatten(x.ndim - dims).sum(-1)
 
 
 class Noise(nn.Module):
@@ -91,7 +84,7 @@ class Noise(nn.Module):
         total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for (kind, shape), part in zip(self.parts, self.split(x), strict=True):
             if kind == "normal":
-                total = total + standard_normal_log_prob(part, len(shape))
+                total = total + gaussian_log_prob(part, dims=len(shape))
             else:
                 inside = ((part >= 0) & (part <= 1)).flatten(1).all(1)
                 total = total + torch.where(inside, 0.0, float("-inf")).to(x.dtype)
@@ -125,3 +118,45 @@ class Generative(nn.Module):
         from ..nn import MLP
 
         return [m for m in self.modules() if isinstance(m, MLP)]
+
+
+class Latent(Generative):
+    """A generative model of an autoencoder's codes, read in data space (latent diffusion, Rombach et al. 2022):
+    ``transform = autoencoder.decode o prior.transform``, ``base = prior.base``.
+
+    The autoencoder is trained beforehand and frozen here; ``loss(x)`` is the prior's loss on the codes
+    ``autoencoder.encode(x)`` of data x (a VAE's posterior means), so the model trains on the data set itself.
+    """
+
+    def __init__(self, prior: Generative, autoencoder: nn.Module):
+        super().__init__()
+        for name in ("encode", "decode"):
+            if not callable(getattr(autoencoder, name, None)):
+                raise TypeError(f"autoencoder: expected a model with encode and decode, {type(autoencoder).__name__} "
+                                f"has no {name}")
+        self.prior = prior
+        self.autoencoder = autoencoder.requires_grad_(False)
+
+    @property
+    def base(self) -> nn.Module:
+        return self.prior.base
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The codes of data x (no gradient: the autoencoder is fixed)."""
+        with torch.no_grad():
+            return self.autoencoder.encode(x)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The prior's training loss on the codes of x."""
+        return self.prior.loss(self.encode(x))
+
+    def standardize(self, x: torch.Tensor) -> None:
+        """Set the prior's data scaling from the codes of a data set (see the prior's ``standardize``)."""
+        self.prior.standardize(self.encode(x))
+
+    def transform(self, noise: torch.Tensor, **cond) -> torch.Tensor:
+        """Decode the prior's code for each base draw: data in the data set's units."""
+        return self.autoencoder.decode(self.prior.transform(noise, **cond))
+
+    def networks(self) -> list[nn.Module]:
+        return [*self.prior.networks(), *self.autoencoder.networks()]

@@ -29,7 +29,7 @@ from torch import nn
 from .. import solvers
 from .._util import NoiseTape, check_choice, check_positive_float, check_positive_int, check_tensor, randn
 from ..nn import MLP
-from .base import Generative, Noise, standard_normal_log_prob
+from .base import Generative, Noise, gaussian_log_prob
 
 __all__ = [
     "SCHEDULES",
@@ -485,7 +485,7 @@ class Diffusion(Generative):
         d = y.shape[1]
 
         def base(v):
-            return standard_normal_log_prob(v / s1) - d * math.log(s1)
+            return gaussian_log_prob(v, logvar=2 * math.log(s1))
 
         with torch.no_grad():
             lp = solvers.log_prob_ode(self._drift_ode, y, base, steps=steps, method=method,

@@ -37,12 +37,14 @@ from .._util import (
     check_positive_float,
     check_positive_int,
     check_tensor,
+    gaussian_log_prob,
     rand,
     randn,
 )
 from ..data import IsotropicGaussianMixture
 from ..nn import MLP
-from .base import Generative, Noise
+from .base import Generative, Latent, Noise
+from .diffusion import Schedule
 
 __all__ = [
     "PATHS",
@@ -57,6 +59,7 @@ __all__ = [
     "couple",
     "transport_cost",
     "FlowMatching",
+    "latent_flow_matching",
     "reflow_pairs",
     "curvature",
     "marginal_field",
@@ -101,11 +104,8 @@ class MixtureSource(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         x = check_tensor("x", x, last_dim=self.dim)
-        d2 = ((x.unsqueeze(-2) - self.means.to(x.dtype)) ** 2).sum(-1)
-        s = self.std.to(x.dtype)
-        norm = self.dim * (torch.log(s) + 0.5 * math.log(2 * math.pi))
-        comp = torch.log(self.weights.to(x.dtype)) - 0.5 * d2 / s**2 - norm
-        return torch.logsumexp(comp, -1)
+        comp = gaussian_log_prob(x.unsqueeze(-2), self.means.to(x.dtype), 2 * torch.log(self.std.to(x.dtype)))
+        return torch.logsumexp(torch.log(self.weights.to(x.dtype)) + comp, -1)
 
 
 class EmpiricalSource(nn.Module):
@@ -185,27 +185,21 @@ class StraightPath(CondOTPath):
 
 class VPPath(_AffinePath):
     """The variance-preserving path of a diffusion model run backwards in time: with s = 1 - t,
-    a_t = alpha_s = exp(-B(s) / 2), b_t = sqrt(1 - alpha_s^2), B(s) = beta_min s + (beta_max - beta_min) s^2 / 2."""
+    a_t = alpha_s and b_t = sigma_s of the diffusion chapter's linear schedule
+    (:class:`genlib.models.diffusion.Schedule`, ``vp_linear``), alpha_s = exp(-B(s) / 2),
+    B(s) = beta_min s + (beta_max - beta_min) s^2 / 2."""
 
     name = "vp"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        self.beta_min = check_positive_float("beta_min", beta_min, allow_zero=True)
-        self.beta_max = check_positive_float("beta_max", beta_max)
-        if self.beta_max < self.beta_min:
-            raise ValueError(f"beta_max: expected >= beta_min = {beta_min}, got {beta_max}")
-
-    def beta(self, s):
-        return self.beta_min + (self.beta_max - self.beta_min) * s
+        self.schedule = Schedule("vp_linear", beta_min=beta_min, beta_max=beta_max, t_min=0.0)
 
     def coefficients(self, t):
-        t = torch.as_tensor(t)
-        s = 1 - t
-        big_b = self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s**2
-        a = torch.exp(-0.5 * big_b)
-        b = torch.sqrt((1 - a**2).clamp_min(1e-12))
-        da = 0.5 * self.beta(s) * a  # d/dt = -d/ds
-        db = -a * da / b
+        s = 1 - torch.as_tensor(t)
+        a = self.schedule.alpha(s)
+        b = self.schedule.sigma(s).clamp_min(1e-6)
+        da = 0.5 * self.schedule.beta(s) * a  # d/dt = -d/ds, and d alpha_s / ds = -beta(s) alpha_s / 2
+        db = -a * da / b  # from a^2 + b^2 = 1
         return a, b, da, db
 
 
@@ -413,6 +407,15 @@ class FlowMatching(Generative):
 
 
 # ------------------------------------------------------------------------------------------ reflow
+
+
+def latent_flow_matching(vae: dict, **kwargs) -> Latent:
+    """Flow matching on the codes of a VAE built from the arguments ``vae`` (its weights are loaded afterwards):
+    a :class:`genlib.models.base.Latent` model whose samples are the decoded codes. ``kwargs`` go to
+    :class:`FlowMatching` (``dim`` = the VAE's latent size)."""
+    from .vae import VAE
+
+    return Latent(FlowMatching(**kwargs), VAE(**vae))
 
 
 def reflow_pairs(model: FlowMatching, n: int, steps: int = 100, method: str = "euler", batch_size: int = 10_000,

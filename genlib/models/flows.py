@@ -26,7 +26,15 @@ import torch
 from torch import nn
 
 from .. import solvers
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, nats_to_bits_per_dim, rand
+from .._util import (
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    check_tensor,
+    gaussian_log_prob,
+    nats_to_bits_per_dim,
+    rand,
+)
 from ..nn import MLP
 from .base import Generative, Noise
 
@@ -337,12 +345,20 @@ class Flow(Generative):
     forward KL); ``transform(z)`` is T = f^{-1} (noise -> data); ``sample(n)`` draws z ~ N(0, I) and
     applies T. ``intermediates(x)`` and ``transform(z, return_intermediates=True)`` give the value after
     every layer, for plotting the data pushed through the chain.
+
+    ``data_shape`` is the data's shape when it is not a vector (``(1, 8, 8)`` images: the flow reads them
+    flattened and ``transform`` returns that shape). ``dequantize=True`` makes it a model of integer images
+    (levels 0..16): the loss scores x + u with fresh u ~ U[0, 1), and ``transform`` returns the level k whose cell
+    [k, k + 1) holds the continuous draw, a draw of the discrete model P(k) = int_{[k, k+1)} p.
     """
 
-    def __init__(self, layers, dim: int, dequantize: bool = False):
+    def __init__(self, layers, dim: int, dequantize: bool = False, data_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
         self.dequantize = bool(dequantize)
+        self.data_shape = (dim,) if data_shape is None else tuple(int(v) for v in data_shape)
+        if math.prod(self.data_shape) != dim:
+            raise ValueError(f"data_shape: expected {dim} entries in all, got {self.data_shape}")
         self.layers = nn.ModuleList(layers)
         if len(self.layers) == 0:
             raise ValueError("layers: expected at least one layer")
@@ -356,12 +372,11 @@ class Flow(Generative):
         return sum(isinstance(m, (AffineCoupling, SplineCoupling)) for m in self.layers)
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        u = (z - self.base_mean) * torch.exp(-self.base_log_std)
-        return -0.5 * (u**2).sum(1) - self.base_log_std.sum() - 0.5 * self.dim * math.log(2 * math.pi)
+        return gaussian_log_prob(z, self.base_mean, 2 * self.base_log_std)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f(x) (data -> noise) and log|det J_f(x)|."""
-        x = check_tensor("x", x, ndim=2, last_dim=self.dim)
+        """f(x) (data -> noise) and log|det J_f(x)|; x is (n, *data_shape) or flattened, (n, dim)."""
+        x = self._flat(x)
         logdet = x.new_zeros(x.shape[0])
         h = x
         for layer in self.layers:
@@ -379,21 +394,30 @@ class Flow(Generative):
             logdet = logdet + ld
         return h, logdet
 
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and len(self.data_shape) > 1 and tuple(x.shape[1:]) == self.data_shape:
+            x = x.flatten(1)
+        return check_tensor("x", x, ndim=2, last_dim=self.dim)
+
     def intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[h_0 = x, h_1, ..., h_L = z]: the data after each layer on the way to the base."""
-        x = check_tensor("x", x, ndim=2, last_dim=self.dim)
+        x = self._flat(x)
         out = [x]
         for layer in self.layers:
             out.append(layer(out[-1])[0])
         return out
 
     def transform(self, z: torch.Tensor, return_intermediates: bool = False):
-        """T(z) = f^{-1}(z); with return_intermediates, the list [z = h_L, h_{L-1}, ..., h_0 = T(z)]."""
+        """T(z) = f^{-1}(z) in the data's units (integer levels for a dequantising flow, shape data_shape); with
+        return_intermediates, the continuous values [z = h_L, h_{L-1}, ..., h_0] after every layer."""
         z = check_tensor("z", z, ndim=2, last_dim=self.dim)
         out = [z]
         for layer in reversed(self.layers):
             out.append(layer.inverse(out[-1])[0])
-        return out if return_intermediates else out[-1]
+        if return_intermediates:
+            return out
+        x = out[-1].floor().clamp(0, DIGITS_LEVELS - 1) if self.dequantize else out[-1]
+        return x.reshape(x.shape[0], *self.data_shape)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         z, logdet = self.forward(x)
@@ -422,12 +446,12 @@ def _alternating_masks(dim: int, n: int, kind: str) -> list[torch.Tensor]:
 def coupling_flow(dim: int = 2, n_layers: int = 8, hidden: int = 64, depth: int = 2, mixing: str = "lu",
                   actnorm: bool = True, activation: str = "silu", masks: str = "checkerboard",
                   seed: int = 0, pre: list | None = None, coupling: str = "affine", bins: int = 8,
-                  bound: float = 4.0, dequantize: bool = False) -> Flow:
+                  bound: float = 4.0, dequantize: bool = False, data_shape: tuple[int, ...] | None = None) -> Flow:
     """A RealNVP-style flow: n_layers blocks of [actnorm] -> [mixing] -> affine coupling, masks alternating.
 
     ``mixing`` is 'lu' (an invertible linear map), 'reverse' (a permutation) or 'none'. ``pre`` are fixed
     layers applied to the data first (for example :class:`Logit` for bounded data). ``dequantize``: the data are
-    integer levels, dequantised by the loss (:class:`Flow`).
+    integer levels, dequantised by the loss; ``data_shape``: the data's shape when not (n, dim) (:class:`Flow`).
     """
     check_positive_int("dim", dim, minimum=2)
     check_positive_int("n_layers", n_layers)
@@ -451,7 +475,7 @@ def coupling_flow(dim: int = 2, n_layers: int = 8, hidden: int = 64, depth: int 
                                          activation=activation))
         else:
             layers.append(AffineCoupling(dim, mask, hidden=hidden, depth=depth, activation=activation))
-    return Flow(layers, dim, dequantize=dequantize)
+    return Flow(layers, dim, dequantize=dequantize, data_shape=data_shape)
 
 
 # ------------------------------------------------------------------------------------------ digits
@@ -462,9 +486,9 @@ DIGITS_LEVELS = 17  # pixel values 0..16
 def digits_flow(n_layers: int = 8, hidden: int = 256, depth: int = 2, alpha: float = 0.05, seed: int = 0) -> Flow:
     """A coupling flow for dequantised 8x8 digits on the 0..17 scale: a fixed logit layer maps the box
     (0, 17)^64 to R^64, then coupling blocks with spatial checkerboard masks and LU mixing. It trains on the
-    integer images (flattened to (N, 64)), which its loss dequantises."""
+    integer images (N, 1, 8, 8), which its loss dequantises, and samples integer images."""
     return coupling_flow(64, n_layers, hidden, depth, mixing="lu", masks="checkerboard", seed=seed,
-                         pre=[Logit(64, upper=DIGITS_LEVELS, alpha=alpha)], dequantize=True)
+                         pre=[Logit(64, upper=DIGITS_LEVELS, alpha=alpha)], dequantize=True, data_shape=(1, 8, 8))
 
 
 def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, rand
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, gaussian_log_prob, rand
 from ..train import History, TrainingDiverged, progress_bar
 from .base import Generative, Noise
 
@@ -326,13 +326,11 @@ def _cholesky(cov: torch.Tensor) -> torch.Tensor:
 
 def _component_log_prob(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor,
                          scale_tril: torch.Tensor) -> torch.Tensor:
-    d = x.shape[1]
     diff = (x.unsqueeze(0) - means.unsqueeze(1)).transpose(1, 2)  # (K, d, N)
-    y = torch.linalg.solve_triangular(scale_tril, diff, upper=False)  # L_k^{-1} (x - mu_k)
-    maha = (y**2).sum(1).T  # (N, K)
-    half_logdet = torch.log(scale_tril.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (K,)
+    y = torch.linalg.solve_triangular(scale_tril, diff, upper=False)  # L_k^{-1} (x - mu_k): N(0, I) under k
+    half_logdet = torch.log(scale_tril.diagonal(dim1=-2, dim2=-1)).sum(-1)  # log |L_k| = log det(Sigma_k) / 2
     log_w = torch.log(weights.clamp_min(torch.finfo(weights.dtype).tiny))
-    return log_w - half_logdet - 0.5 * maha - 0.5 * d * math.log(2 * math.pi)
+    return log_w + gaussian_log_prob(y.transpose(1, 2)).T - half_logdet  # (N, K)
 
 
 def _m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, randn
+from .._util import check_choice, check_positive_float, check_positive_int, check_tensor, gaussian_log_prob, randn
 from ..nn import ACTIVATIONS, MLP
 from .base import Generative, Noise
 
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 LIKELIHOODS = ("gaussian", "categorical", "binomial")
-LOG2PI = math.log(2 * math.pi)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -48,11 +47,6 @@ LOG2PI = math.log(2 * math.pi)
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Closed-form KL( N(mu, diag exp(logvar)) || N(0, I) ), summed over the last dimension."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-
-
-def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(x | mu, diag exp(logvar)), summed over the last dimension (broadcasting)."""
-    return -0.5 * (LOG2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar)).sum(-1)
 
 
 def _shape_tuple(name: str, shape) -> tuple[int, ...]:
@@ -322,7 +316,7 @@ class VAE(_Coder):
         for xc in x.split(chunk):
             mu, logvar = self.posterior(xc)
             z = self.reparameterise(mu, logvar, k=k, generator=generator)  # (k, B, d_z)
-            log_w = self.log_likelihood(xc, z) + beta * (gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+            log_w = self.log_likelihood(xc, z) + beta * (gaussian_log_prob(z)
                                                          - gaussian_log_prob(z, mu, logvar))
             out.append(torch.logsumexp(log_w, 0) - math.log(k))
         return torch.cat(out)

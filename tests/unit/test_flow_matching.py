@@ -183,3 +183,42 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="traj: expected shape"):
         fm.curvature(torch.zeros(5, 2))
     assert math.isfinite(model.loss(torch.zeros(4, 2)).item())
+
+
+def test_vp_path_is_the_diffusion_schedule_run_backwards():
+    from genlib.models.diffusion import Schedule
+
+    sched = Schedule("vp_linear", t_min=0.0)
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+    a, b, da, db = fm.VPPath().coefficients(t)
+    assert torch.allclose(a, sched.alpha(1 - t)) and torch.allclose(b, sched.sigma(1 - t))
+    h = 1e-6  # the time derivatives by central differences
+    ap, bp, _, _ = fm.VPPath().coefficients(t + h)
+    am, bm, _, _ = fm.VPPath().coefficients(t - h)
+    assert torch.allclose(da, (ap - am) / (2 * h), rtol=1e-6) and torch.allclose(db, (bp - bm) / (2 * h), rtol=1e-6)
+
+
+def test_latent_flow_matching_trains_on_images_through_a_frozen_vae():
+    from genlib import data, train, zoo
+
+    r = zoo.recipe("flow_matching_latent", "digits")
+    assert r.data == {"set": "digits"} and r.init_from == "vae" and r.init_into == "autoencoder"
+    torch.manual_seed(0)
+    m = r.build()
+    x = data.digits().train_x[:256]
+    m.standardize(x)
+    codes = m.autoencoder.encode(x).detach()
+    assert abs(float(m.prior.shift) - float(codes.mean())) < 1e-6  # the prior is scaled to the codes
+    torch.manual_seed(1)
+    loss = m.loss(x[:32])
+    torch.manual_seed(1)
+    assert torch.equal(loss, m.prior.loss(codes[:32]))
+    frozen = {k: v.clone() for k, v in m.autoencoder.state_dict().items()}
+    prior = {k: v.clone() for k, v in m.prior.state_dict().items()}
+    train.fit(m, x, steps=5, batch_size=32, progress=False)
+    assert all(torch.equal(v, m.autoencoder.state_dict()[k]) for k, v in frozen.items())
+    assert any(not torch.equal(v, m.prior.state_dict()[k]) for k, v in prior.items())
+    with torch.no_grad():  # samples are decoded codes: images
+        noise = m.base.sample(3, torch.Generator().manual_seed(0))
+        assert torch.equal(m.transform(noise, steps=4), m.autoencoder.decode(m.prior.transform(noise, steps=4)))
+        assert m.sample(3, torch.Generator().manual_seed(0), steps=4).shape == (3, 1, 8, 8)

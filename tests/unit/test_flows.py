@@ -325,9 +325,9 @@ def test_zoo_recipes_are_registered():
     cnf = zoo.recipe("cnf")
     assert cnf.build().steps == cnf.args["steps"] != cnf.fit["steps"]
     assert zoo.recipe("flow").fit["jitter"] > 0  # the headline flow trains on jittered minibatches
-    # the digits flow trains on the flattened integer images and dequantises them in its loss
+    # the digits flow trains on the integer images and dequantises them in its loss
     digits = zoo.recipe("flow", "digits")
-    assert digits.model == "flows.digits_flow" and digits.data == {"set": "digits", "flatten": True}
+    assert digits.model == "flows.digits_flow" and digits.data == {"set": "digits"}
     assert digits.build().dequantize
 
 
@@ -344,6 +344,15 @@ def test_digits_flow_dequantises_inside_its_loss():
     with pytest.raises(ValueError, match="images: expected integer pixel values"):
         f.loss(x + 0.5)
     assert not flows.coupling_flow(2, n_layers=1, hidden=8).dequantize  # a flow on real data does not
+    # images in, images out: the loss reads (n, 1, 8, 8) as the flattened rows, samples are integer images
+    images = data.digits().train_x[:16]
+    torch.manual_seed(1)
+    assert torch.equal(f.loss(images), loss)
+    with torch.no_grad():
+        z = f.base.sample(500, torch.Generator().manual_seed(0))
+        x, cont = f.sample(500, torch.Generator().manual_seed(0)), f.transform(z, return_intermediates=True)[-1]
+    assert x.shape == (500, 1, 8, 8) and bool((x == x.round()).all()) and 0 <= float(x.min()) <= float(x.max()) <= 16
+    assert torch.equal(x.flatten(1), cont.floor().clamp(0, 16))  # the level whose cell [k, k + 1) holds the draw
 
 
 def test_cnf_kinetic_regulariser_adds_the_energy_of_the_field():

@@ -95,3 +95,16 @@ def test_annealed_langevin_with_exact_noisy_scores():
 def test_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_gaussian_log_prob_matches_torch_distributions_and_broadcasts():
+    from genlib._util import gaussian_log_prob
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, dtype=torch.float64, generator=g)
+    mean = torch.randn(4, 3, dtype=torch.float64, generator=g)
+    logvar = torch.randn(4, 3, dtype=torch.float64, generator=g)
+    ref = torch.distributions.Normal(mean, (0.5 * logvar).exp()).log_prob(x[:, None]).sum(-1)  # (7, 4)
+    assert torch.allclose(gaussian_log_prob(x[:, None], mean, logvar), ref)
+    std_ref = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum()
+    assert torch.allclose(gaussian_log_prob(x.reshape(1, 7, 3), dims=2), std_ref)
