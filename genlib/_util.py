@@ -134,14 +134,13 @@ def gaussian_log_prob(x: torch.Tensor, mean=None, logvar=None, dims: int = 1) ->
     ``mean`` and ``logvar`` broadcast against x (None: 0, the standard normal), so
     ``gaussian_log_prob(x[:, None], means, logvar)`` scores every row against every component.
     """
-    sq = (x if mean is None else x - mean).pow(2)
     if logvar is None:
-        lp = -0.5 * (LOG_2PI + sq)
-    else:
-        logvar = torch.as_tensor(logvar, dtype=sq.dtype, device=sq.device)
-        lp = -0.5 * (LOG_2PI + logvar + sq * torch.exp(-logvar))
-    return lp.flatten(lp.ndim - dims).sum(-1)
-
+        terms = LOG_2PI + (x if mean is None else x - mean).pow(2)
+    else:  # the order of the operations fixes autograd's order of summing gradients: kept for reproducible weights
+        if not isinstance(logvar, torch.Tensor):
+            logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
+        terms = LOG_2PI + logvar + (x if mean is None else x - mean).pow(2) * torch.exp(-logvar)
+    return -0.5 * (terms if dims == 1 else terms.flatten(terms.ndim - dims)).sum(-1)
 
 class NoiseTape:
     """Noise drawn beforehand and read in order: ``noise[:, 0]``, then ``noise[:, 1]``, ... genlib's
