@@ -50,7 +50,7 @@ book: $(STAMP) $(MATHJAX)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 test: $(STAMP) $(MATHJAX) chromium
-	$(BIN)/python -m pytest tests/unit book tests/site --nbval-lax -q -ra
+	$(BIN)/python -m pytest tests/unit book tests/package tests/site --nbval-lax -q -ra
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q

@@ -125,6 +125,21 @@ def nats_to_bits_per_dim(nats, dim: int):
     return nats / (dim * math.log(2.0))
 
 
+@contextlib.contextmanager
+def evaluating(model):
+    """Run the block with `model` (any nn.Module, or anything else: left alone) in eval mode, and give every
+    submodule back its training flag afterwards: evaluating a model never changes it."""
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    flags = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield model
+    finally:
+        for m, flag in zip(modules, flags, strict=True):
+            m.training = flag
+
+
 LOG_2PI = math.log(2 * math.pi)
 
 

@@ -21,6 +21,7 @@ from ._util import (
     check_positive_float,
     check_positive_int,
     check_tensor,
+    evaluating,
     module_device,
     nats_to_bits_per_dim,
     resolve_device,
@@ -201,11 +202,15 @@ def nll(log_prob: Callable[[torch.Tensor], torch.Tensor] | torch.nn.Module, n: i
         device = module_device(log_prob)
     x = _data.toy_density(dataset).sample(n, torch.Generator().manual_seed(seed), device=device)
     total = 0.0
-    for chunk in x.split(batch_size):
-        lp = fn(chunk)
-        if not bool(torch.isfinite(lp).all()):
-            raise ValueError("log_prob: returned NaN or infinite values on true samples")
-        total += float(lp.detach().double().sum())
+    with evaluating(log_prob):  # a model is scored in eval mode and left as it was
+        for chunk in x.split(batch_size):
+            lp = fn(chunk)
+            if not isinstance(lp, torch.Tensor) or tuple(lp.shape) != (chunk.shape[0],):
+                got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
+                raise ValueError(f"log_prob: expected one log-density per row, shape ({chunk.shape[0]},), got {got}")
+            if not bool(torch.isfinite(lp).all()):
+                raise ValueError("log_prob: returned NaN or infinite values on true samples")
+            total += float(lp.detach().double().sum())
     return -total / n
 
 
@@ -338,7 +343,7 @@ def sampling_cost(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, seed: int =
     gen = torch.Generator(device=device).manual_seed(seed)
     _sync(device)
     start = time.perf_counter()
-    with torch.no_grad(), count_evaluations(model) as count:
+    with torch.no_grad(), evaluating(model), count_evaluations(model) as count:
         x = model.sample(n, generator=gen)
     _sync(device)
     seconds = time.perf_counter() - start
@@ -349,19 +354,27 @@ def sampling_cost(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, seed: int =
 def evaluate(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, with_nll: bool | None = None,
              seed: int = EVAL_SEED, dataset: str = DEFAULT_DATASET) -> dict:
     """The full 2-D protocol (default: on the eight Gaussians) for a model with ``sample`` (and ``log_prob``
-    where it has one)."""
+    where it has one), in eval mode (the model is left as it was).
+
+    Non-finite samples count as lost mass: they fall outside every cell of the binned KL and off every mode, and
+    W2 is infinite; ``non_finite`` says how many there were. A model whose samples are all non-finite is refused.
+    """
     cost = sampling_cost(model, n, seed)
     x = cost.pop("samples")
     check_tensor("model.sample(n)", x, ndim=2, last_dim=2, finite=False)
     finite = torch.isfinite(x).all(1)
+    kept = float(finite.double().mean())
+    if kept == 0:
+        raise ValueError(f"model.sample(n): all {x.shape[0]} samples are NaN or infinite")
     x = x[finite]
     mix = _data.toy_density(dataset)
-    modes = mode_stats(x, dataset=dataset)
+    modes = mode_stats(x, min_fraction=0.01 / kept, dataset=dataset)  # 1% of all samples, lost ones included
+    lost_mass_kl = _kl_of_masses(_true_masses(GRID_BINS, GRID_LIM, dataset), histogram2d(x) * kept)
     out = {
-        "binned_kl": binned_kl(x, dataset=dataset),
-        "w2": w2(x[:2000], mix.sample(2000, torch.Generator().manual_seed(seed + 2))),
+        "binned_kl": lost_mass_kl,
+        "w2": w2(x[:2000], mix.sample(2000, torch.Generator().manual_seed(seed + 2))) if kept == 1 else math.inf,
         "modes_covered": modes["modes_covered"],
-        "on_mode": modes["on_mode"],
+        "on_mode": modes["on_mode"] * kept,
         "sample_seconds": cost["seconds"],
         "nfe": cost["nfe"],
         "non_finite": int((~finite).sum()),
@@ -370,7 +383,7 @@ def evaluate(model: torch.nn.Module, n: int = PROTOCOL_SAMPLES, with_nll: bool |
         with_nll = hasattr(model, "log_prob")
     if with_nll:
         with torch.no_grad():
-            out["nll"] = nll(model, seed=seed, dataset=dataset)
+            out["nll"] = nll(model, seed=seed, dataset=dataset)  # nll puts the model in eval mode too
     return out
 
 
@@ -474,15 +487,18 @@ def reference_points(dataset: str = DEFAULT_DATASET) -> dict:
     floor, the parametric oracle (K = 8 GMM; None where the set has none), the KDE baseline and its bandwidth,
     the true entropy and W2 true vs true.
 
-    They are deterministic, so they are computed once and kept (as JSON) in the model cache directory.
+    They are deterministic, so they are computed once and kept (as JSON) in the model cache directory, under a
+    name that fingerprints the code that computes them.
     """
     import json
+    import os
+    import threading
 
-    from . import __version__
-    from .zoo import cache_dir
+    from .zoo import cache_dir, code_fingerprint
 
     _data.toy_density(dataset)  # a clear error for an unknown set
-    path = cache_dir() / f"reference-points-{dataset}-{__version__}-torch{torch.__version__}.json"
+    code = code_fingerprint("genlib.metrics")
+    path = cache_dir() / f"reference-points-{dataset}-{code}-torch{torch.__version__}.json"
     keys = ("floor", "oracle", "kde", "kde_bandwidth", "entropy", "w2_true")
     oracle_defined = dataset == DEFAULT_DATASET
 
@@ -506,10 +522,13 @@ def reference_points(dataset: str = DEFAULT_DATASET) -> dict:
         "entropy": _data.toy_density(dataset).entropy(),
         "w2_true": w2_reference(dataset=dataset),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values))
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(values))
+        tmp.replace(path)
+    except OSError:  # an unwritable cache: the values are recomputed next time
+        pass
     return values
 
 

@@ -15,6 +15,7 @@ import torch
 from ._util import check_choice, check_positive_float, check_positive_int, check_tensor, gaussian_log_prob, rand, randn
 
 __all__ = [
+    "SolverDiverged",
     "METHODS",
     "NFE_PER_STEP",
     "time_grid",
@@ -30,6 +31,19 @@ __all__ = [
 State = torch.Tensor | tuple[torch.Tensor, ...]
 METHODS = ("euler", "heun", "rk4")
 NFE_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
+
+
+class SolverDiverged(FloatingPointError):
+    """A solver's state became NaN or infinite: the field (or score) blows up there, or the step is too large."""
+
+
+def _check_state(solver: str, x: State, i: int, n: int, t=None) -> None:
+    """Raise SolverDiverged naming the step if any entry of the state is not finite."""
+    if all(bool(torch.isfinite(part).all()) for part in (x if isinstance(x, tuple) else (x,))):
+        return
+    at = f" (t = {float(t):.4g})" if t is not None else ""
+    raise SolverDiverged(f"{solver}: the state became NaN or infinite at step {i + 1} of {n}{at}; the field blows up "
+                         "there or the step is too large")
 
 
 def _map(fn, *states):
@@ -100,6 +114,7 @@ def odeint(
             k3 = f(t + h / 2, _axpy(x, h / 2, k2))
             k4 = f(t + h, _axpy(x, h, k3))
             x = _map(lambda a, b, c, d, e, h=h: a + h / 6 * (b + 2 * c + 2 * d + e), x, k1, k2, k3, k4)
+        _check_state("odeint", x, i, grid.numel() - 1, grid[i + 1])
         if traj is not None:
             traj.append(_first(x))
     if traj is not None:
@@ -136,6 +151,7 @@ def sdeint(
         if final_noise or i < n - 1:
             g = diffusion(t)
             x = x + g * h.abs().sqrt() * randn(x.shape, like=x, generator=generator)
+        _check_state("sdeint", x, i, n, grid[i + 1])
         if traj is not None:
             traj.append(x)
     if traj is not None:
@@ -160,8 +176,9 @@ def langevin(
     check_positive_int("n_steps", n_steps)
     x = x0
     traj = [x] if return_trajectory else None
-    for _ in range(n_steps):
+    for i in range(n_steps):
         x = x + step * score(x) + (2 * step) ** 0.5 * randn(x.shape, like=x, generator=generator)
+        _check_state("langevin", x, i, n_steps)
         if traj is not None:
             traj.append(x)
     if traj is not None:
@@ -229,6 +246,8 @@ def mala(
 
     x = x0.detach()
     lp, grad = logp_and_grad(x)
+    if not (bool(torch.isfinite(lp).all()) and bool(torch.isfinite(grad).all())):
+        raise ValueError("x0: log_prob or its gradient is NaN or infinite at some starting points")
     accepted = torch.zeros((), device=x.device)
     traj = [x] if return_trajectory else None
     for _ in range(n_steps):

@@ -4,6 +4,7 @@ clear errors when the data or the loss is not finite."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,11 @@ __all__ = ["History", "TrainingDiverged", "Player", "fit", "batches", "progress_
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite during training."""
+    """Training blew up: the loss, a gradient or the parameters became non-finite, or grew by orders of magnitude."""
+
+
+# blow-up: the loss or the parameters' norm grows this many times past where it started (plus one)
+BLOW_UP = 1e6
 
 
 @dataclass
@@ -178,9 +183,16 @@ def fit(
     check_positive_int("batch_size", batch_size)
     check_positive_float("lr", lr)
     check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_positive_float("weight_decay", weight_decay, allow_zero=True)
+    _check_betas("betas", betas)
+    if clip_grad is not None:
+        check_positive_float("clip_grad", clip_grad)
     check_choice("schedule", schedule, ("constant", "cosine"))
-    if ema is not None and not 0.0 < ema < 1.0:
-        raise ValueError(f"ema: expected a decay in (0, 1), got {ema}")
+    check_positive_int("warmup", warmup, minimum=0)
+    if seed is not None:
+        check_positive_int("seed", seed, minimum=0)
+    if ema is not None and not (isinstance(ema, (int, float)) and 0.0 < ema < 1.0):
+        raise ValueError(f"ema: expected a decay in (0, 1), got {ema!r}")
     if jitter is not None:
         check_positive_float("jitter", jitter, allow_zero=True)
     if players is None:
@@ -197,6 +209,10 @@ def fit(
         for pl in players:
             check_positive_int(f"players[{pl.name}].updates", pl.updates)
             check_choice(f"players[{pl.name}].optimizer", pl.optimizer or optimizer, OPTIMIZERS)
+            if pl.lr is not None:
+                check_positive_float(f"players[{pl.name}].lr", pl.lr)
+            if pl.betas is not None:
+                _check_betas(f"players[{pl.name}].betas", pl.betas)
             if not pl.params:
                 raise ValueError(f"players: {pl.name} has no trainable parameters")
     device = module_device(model, data[0].device) if device is None else torch.device(device)
@@ -205,6 +221,22 @@ def fit(
     with seeded(seed, device):  # the run draws from a seeded stream; the caller's global state is restored after
         return _fit(model, data, players, steps, batch_size, lr, optimizer, weight_decay, betas, clip_grad, schedule,
                     warmup, seed, callback, progress, desc, ema, jitter, device)
+
+
+def _check_betas(name: str, betas) -> None:
+    ok = isinstance(betas, (tuple, list)) and len(betas) == 2
+    if not (ok and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"{name}: expected two numbers in [0, 1), got {betas!r}")
+
+
+def _diverged(what: str, value: float, start: float | None, step: int, steps: int, lr: float) -> TrainingDiverged:
+    since = f"; it started at {start:.4g}" if start is not None else ""
+    return TrainingDiverged(f"{what} became {value:.4g} at step {step} of {steps} (lr={lr}{since}): the model "
+                            "diverged. Try a smaller learning rate or stronger gradient clipping.")
+
+
+def _total_norm(params) -> float:
+    return float(torch.nn.utils.get_total_norm([p.detach() for p in params]))
 
 
 def _optimizer(name: str, params, lr: float, betas, weight_decay: float):
@@ -228,6 +260,8 @@ def _fit(model, data, players, steps, batch_size, lr, optimizer, weight_decay, b
     averaged_params = [p for pl in players if pl.average for p in pl.params]
     averaged = [p.detach().clone() for p in averaged_params] if ema is not None else None
     several = len(players) > 1
+    start_norms = [_total_norm(pl.params) for pl in players]
+    first_losses: list[float | None] = [None] * len(players)
     history = History()
     stream = batches(data, min(batch_size, data[0].shape[0]), gen)
     start = time.perf_counter()
@@ -235,38 +269,47 @@ def _fit(model, data, players, steps, batch_size, lr, optimizer, weight_decay, b
     bar = progress_bar(steps, desc or f"fit {type(model).__name__}", progress)
     try:
         for step in range(steps):
-            for pl, opt, sched in zip(players, opts, scheds, strict=True):
+            for k, (pl, opt, sched) in enumerate(zip(players, opts, scheds, strict=True)):
                 for _ in range(pl.updates):
                     batch = next(stream)
                     if jitter_gen is not None:
                         noise = randn(batch[0].shape, like=batch[0], generator=jitter_gen)
                         batch = (batch[0] + jitter * noise, *batch[1:])
                     loss = pl.loss(*batch)
-                    if loss.ndim != 0:
-                        raise ValueError(f"loss: expected a scalar, got shape {tuple(loss.shape)}")
-                    if not torch.isfinite(loss):
-                        who = f"the {pl.name} loss" if several else "the loss"
-                        raise TrainingDiverged(
-                            f"{who} became {loss.item()} at step {step} of {steps} (lr={pl.lr or lr}); the model "
-                            "diverged. Try a smaller learning rate or stronger gradient clipping.")
+                    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                        got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                        raise ValueError(f"loss: expected a scalar tensor, got {got}")
+                    value = loss.item()
+                    if first_losses[k] is None:
+                        first_losses[k] = abs(value)
+                    first_loss = first_losses[k]
+                    who = f"the {pl.name} " if several else "the "
+                    where = (step, steps, pl.lr or lr)
+                    if not math.isfinite(value) or abs(value) > BLOW_UP * (first_loss + 1):
+                        raise _diverged(f"{who}loss", value, first_loss, *where)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if clip_grad is not None:
-                        torch.nn.utils.clip_grad_norm_(pl.params, clip_grad)
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(pl.params, clip_grad))
+                        if not math.isfinite(grad_norm):
+                            raise _diverged(f"{who}gradient's norm", grad_norm, None, *where)
                     opt.step()
+                    norm = _total_norm(pl.params)
+                    if not math.isfinite(norm) or norm > BLOW_UP * (start_norms[k] + 1):
+                        raise _diverged(f"{who}parameters' norm", norm, start_norms[k], *where)
                     if sched is not None:
                         sched.step()
                     if pl.after_update is not None:
                         pl.after_update(model)
                 if several:
-                    history.log(**{f"{pl.name}_loss": loss.item()})
+                    history.log(**{f"{pl.name}_loss": value})
             if averaged is not None:
                 # the average starts at the first iterates (decay min(ema, (1+k)/(10+k)) warms it up)
                 decay = min(ema, (1 + step) / (10 + step))
                 with torch.no_grad():
                     for a, p in zip(averaged, averaged_params, strict=True):
                         a.lerp_(p.detach(), 1.0 - decay)
-            history.loss.append(loss.item())
+            history.loss.append(value)
             if callable(step_metrics):
                 history.log(**step_metrics())
             if callback is not None:
@@ -290,7 +333,6 @@ def _fit(model, data, players, steps, batch_size, lr, optimizer, weight_decay, b
 def _schedule(opt, schedule: str, steps: int, warmup: int):
     if schedule == "constant" and warmup == 0:
         return None
-    import math
 
     def factor(step: int) -> float:
         if warmup and step < warmup:

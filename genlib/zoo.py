@@ -5,21 +5,31 @@ A recipe is data: the model to build and its arguments, the data it trains on, t
 recipes it starts from. One builder and one trainer read every recipe. ``get(key)`` trains a model on first use
 and caches its weights (and training history) on disk; later calls load them with
 ``torch.load(..., weights_only=True)``. The cache key hashes the recipe's content (less cosmetic keys), the seed,
-the genlib and torch versions and the keys of the recipes it starts from, so that a changed base model
-invalidates its dependants. A corrupt or mismatched entry is retrained, never trusted. The cache lives in
-``$GENLIB_CACHE`` (default ``~/.cache/genlib``). The book's Reference page "How genlib is built" has the whole
-contract.
+the code that builds and trains it (a fingerprint of the genlib modules involved, blind to comments and
+docstrings), the torch version and the keys of the recipes it starts from, so that changed code or a changed base
+model invalidates its dependants. An entry carries a checksum of its tensors; a corrupt, damaged or mismatched
+entry is retrained, never trusted. The cache lives in ``$GENLIB_CACHE`` (default ``~/.cache/genlib``); when it
+cannot be written the model is kept in memory with a warning. The book's Reference page "How genlib is built"
+has the whole contract.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import hashlib
 import importlib
+import importlib.util
+import inspect
 import json
 import os
+import re
+import threading
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -165,23 +175,104 @@ def recipe(key: str, dataset: str = "eight_gaussians") -> Recipe:
 
 
 def cache_dir() -> Path:
-    """Where trained weights live: ``$GENLIB_CACHE`` or ``~/.cache/genlib``."""
-    return Path(os.environ.get("GENLIB_CACHE", Path.home() / ".cache" / "genlib"))
+    """Where trained weights live: ``$GENLIB_CACHE`` (when set and not empty) or ``~/.cache/genlib``."""
+    return Path(os.environ.get("GENLIB_CACHE") or Path.home() / ".cache" / "genlib")
+
+
+def _source(module: str) -> str:
+    """The source text of a module (a seam for tests)."""
+    return inspect.getsource(importlib.import_module(module))
+
+
+def _code_of(tree: ast.AST) -> str:
+    """The code of a syntax tree without its docstrings: comments, layout and docstrings change nothing."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)
+
+
+def _genlib_imports(module: str, tree: ast.AST) -> set[str]:
+    """The genlib modules a module imports (at the top or inside functions)."""
+    package = module if module.endswith("__init__") else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("genlib.")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            if not base.startswith("genlib"):
+                continue
+            package_base = hasattr(importlib.import_module(base), "__path__")
+            for a in node.names:  # `from .. import solvers` names a module, `from ..nn import MLP` a member
+                sub = f"{base}.{a.name}"
+                found.add(sub if package_base and importlib.util.find_spec(sub) is not None else base)
+    return {m for m in found if m != "genlib"}  # the package itself only re-exports
+
+
+@cache
+def _module_code(name: str) -> tuple[str, frozenset]:
+    tree = ast.parse(_source(name))
+    imports = frozenset(_genlib_imports(name, tree))
+    return _code_of(tree), imports
+
+
+@cache
+def code_fingerprint(*modules: str) -> str:
+    """A hash of the code of genlib modules and of every genlib module they import, blind to comments,
+    docstrings and layout: what a trained model's weights depend on besides its recipe."""
+    seen, todo = set(), list(modules)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += sorted(_module_code(name)[1] - seen)
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        h.update(name.encode() + _module_code(name)[0].encode())
+    return h.hexdigest()[:20]
+
+
+def _code_modules(r: Recipe) -> tuple[str, ...]:
+    """The modules whose code builds and trains a recipe: its factory's, its trainer's, the data's and the zoo's
+    training functions (a callable defined outside genlib is named by its qualified name only)."""
+    factory = _factory(r.model)
+    trainer = TRAINERS[r.trainer] if isinstance(r.trainer, str) else r.trainer
+    mods = {"genlib.data", "genlib.train", factory.__module__}
+    if r.trainer in ("em",):
+        mods.add("genlib.models.gmm")
+    if r.trainer in ("gan", "rejection"):
+        mods.add("genlib.models.gan")
+    if getattr(trainer, "__module__", "").startswith("genlib.") and trainer.__module__ != __name__:
+        mods.add(trainer.__module__)
+    return tuple(sorted(m for m in mods if m.startswith("genlib")))
 
 
 def cache_key(key: str, dataset: str = "eight_gaussians", seed: int = 0, _seen: tuple = ()) -> str:
     """A hash of everything the trained weights depend on: the recipe's content (less cosmetic keys), the
-    seed, the genlib and torch versions, and the keys of the recipes it starts from."""
-    from . import __version__
-
+    seed, the code that builds and trains it (:func:`code_fingerprint`; the zoo's own training functions too),
+    the torch version, and the keys of the recipes it starts from."""
     if (key, dataset, seed) in _seen:
         raise ValueError(f"needs: recipe {key!r} ({dataset}) depends on itself through {list(_seen)}")
     r = recipe(key, dataset)
     deps = [cache_key(k, d, seed if s is None else s, (*_seen, (key, dataset, seed))) for k, d, s in r.needs]
     content = r.content if isinstance(r.trainer, str) else {**r.content, "trainer": _name(r.trainer)}
     blob = json.dumps({"key": key, "dataset": dataset, "recipe": content, "seed": seed, "needs": deps,
-                       "genlib": __version__, "torch": str(torch.__version__)}, sort_keys=True)
+                       "code": code_fingerprint(*_code_modules(r)), "engine": _engine_fingerprint(),
+                       "torch": str(torch.__version__)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@cache
+def _engine_fingerprint() -> str:
+    """The code of the zoo's functions that train a recipe (not its recipe table)."""
+    code = "".join(_code_of(ast.parse(inspect.getsource(fn))) for fn in (get, _train, _data, *TRAINERS.values()))
+    return hashlib.sha256(code.encode()).hexdigest()[:20]
 
 
 def _name(fn) -> str:
@@ -195,6 +286,8 @@ def cache_path(key: str, dataset: str = "eight_gaussians", seed: int = 0) -> Pat
 
 def clear_cache(key: str | None = None) -> int:
     """Delete cached weights (of one key, or all); return how many files were removed."""
+    if key is not None and not (isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_.+-]+", key) and key.strip(".")):
+        raise ValueError(f"key: expected a recipe key (letters, digits, '_', '.', '+', '-'), got {key!r}")
     d = cache_dir()
     if not d.exists():
         return 0
@@ -223,20 +316,55 @@ def get(key: str, dataset: str = "eight_gaussians", seed: int = 0, device=None, 
     dev = best_device() if device is None else resolve_device(device)
     path = cache_path(key, dataset, seed)
     ckey = cache_key(key, dataset, seed)
-    if cache and not retrain and path.exists():
-        with seeded(seed, dev):  # building the module to load into draws initial weights: not from the caller's stream
-            model = _load(r, path, ckey, dev)
-        if model is not None:
-            return model
-    with seeded(seed, dev), torch.enable_grad():  # training works even inside the caller's torch.no_grad()
-        model = r.build().to(dev)
-        history = _train(r, model, seed, dev, progress)
-    model.eval()
-    if isinstance(history, History):
-        model.history = history
-    if cache:
-        _save(model, path, ckey, r, seed)
+    with _lock(path) if cache else contextlib.nullcontext():  # a process training this entry: wait for it
+        if cache and not retrain and path.exists():
+            with seeded(seed, dev):  # building the module to load into draws initial weights: not the caller's
+                model = _load(r, path, ckey, dev)
+            if model is not None:
+                return model
+        with seeded(seed, dev), torch.enable_grad():  # training works even inside the caller's torch.no_grad()
+            model = r.build().to(dev)
+            with _threads(model):
+                history = _train(r, model, seed, dev, progress)
+        model.eval()
+        if isinstance(history, History):
+            model.history = history
+        if cache:
+            _save(model, path, ckey, r, seed)
     return model
+
+
+@contextlib.contextmanager
+def _threads(model: nn.Module):
+    """Convolutional models train on one CPU thread: their kernels sum in another order on two, so the weights
+    would depend on the machine's thread count (fully connected models give the same bits on any count)."""
+    before = torch.get_num_threads()
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock on a cache entry while it is trained and saved, so that two processes that need the
+    same model train it once (POSIX; elsewhere, or where the cache cannot be written, no lock)."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (held for the block)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -395,22 +523,45 @@ def _prefetch_one(chain: list[tuple[Recipe, int]], seed: int) -> float:
 # ---------------------------------------------------------------------------------------------------- cache
 
 
+def _checksum(state: dict, history) -> str:
+    """A hash of every tensor's name, dtype, shape and bytes, and of the history."""
+    h = hashlib.sha256(json.dumps(history, sort_keys=True).encode())
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+_UNWRITABLE: set[str] = set()
+
+
 def _save(model: nn.Module, path: Path, key: str, r: Recipe, seed: int) -> None:
     from . import __version__
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     history = getattr(model, "history", None)
+    history = history.to_dict() if hasattr(history, "to_dict") else None
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     content = r.content if isinstance(r.trainer, str) else {**r.content, "trainer": _name(r.trainer)}
     payload = {
         "key": key,
         "meta": {"key": r.key, "dataset": r.dataset, "seed": seed, "genlib": __version__,
                  "torch": str(torch.__version__), "recipe": json.dumps(content, sort_keys=True)},
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "history": history.to_dict() if hasattr(history, "to_dict") else None,
+        "state_dict": state, "history": history, "checksum": _checksum(state, history),
     }
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    except Exception as err:  # an unwritable cache loses the entry, not the trained model
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if str(path.parent) not in _UNWRITABLE:
+            _UNWRITABLE.add(str(path.parent))
+            warnings.warn(f"genlib.zoo: cannot write the model cache at {path} ({type(err).__name__}: {err}); "
+                          "trained models are kept in memory only (set GENLIB_CACHE to a writable folder)",
+                          stacklevel=3)
 
 
 def _load(r: Recipe, path: Path, key: str, device: torch.device) -> nn.Module | None:
@@ -420,17 +571,20 @@ def _load(r: Recipe, path: Path, key: str, device: torch.device) -> nn.Module | 
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or payload.get("key") != key:
             raise ValueError("the entry's key does not match this configuration")
+        if payload.get("checksum") != _checksum(payload["state_dict"], payload.get("history")):
+            raise ValueError("its checksum does not match its contents (the file is damaged)")
         model = r.build()
         model.load_state_dict(payload["state_dict"], strict=True)
         for t in payload["state_dict"].values():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise ValueError("the entry holds non-finite weights")
-    except Exception as err:  # a corrupt or mismatched entry is retrained, never trusted
+        history = History.from_dict(payload["history"]) if payload.get("history") is not None else None
+    except Exception as err:  # a corrupt, damaged or mismatched entry is retrained, never trusted
         warnings.warn(f"genlib.zoo: cache entry {path.name} is unusable ({err}); retraining", stacklevel=3)
         return None
     model.to(device).eval()
-    if payload.get("history") is not None:
-        model.history = History.from_dict(payload["history"])
+    if history is not None:
+        model.history = history
     return model
 
 

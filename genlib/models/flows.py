@@ -375,7 +375,7 @@ class Flow(Generative):
         return gaussian_log_prob(z, self.base_mean, 2 * self.base_log_std)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f(x) (data -> noise) and log|det J_f(x)|; x is (n, *data_shape) or flattened, (n, dim)."""
+        """f(x) (data -> noise) and log|det J_f(x)|; x is ``(n, *data_shape)`` or flattened, ``(n, dim)``."""
         x = self._flat(x)
         logdet = x.new_zeros(x.shape[0])
         h = x

@@ -76,6 +76,14 @@ class GaussianMixture(Generative):
                              f"{weights.shape[0]}, {means.shape[0]}, {covariances.shape[0]}")
         if bool((weights < 0).any()) or float(weights.sum()) <= 0:
             raise ValueError("weights: expected non-negative numbers with a positive sum")
+        cov = covariances.double()
+        asym = (cov - cov.mT).abs().amax(dim=(-2, -1)) > 1e-8 * cov.abs().amax(dim=(-2, -1)).clamp_min(1.0)
+        if bool(asym.any()):
+            raise ValueError(f"covariances: component(s) {asym.nonzero().flatten().tolist()} are not symmetric")
+        not_pd = torch.linalg.cholesky_ex(cov).info != 0
+        if bool(not_pd.any()):
+            raise ValueError(f"covariances: component(s) {not_pd.nonzero().flatten().tolist()} are not positive "
+                             "definite")
         like = self.means
         weights = weights.to(like)
         self.weights.copy_(weights / weights.sum())

@@ -176,3 +176,18 @@ def test_fit_on_device_matches_cpu(train, device):
     x = m_dev.sample(50)
     assert x.device.type == device.type and x.shape == (50, 2)
     assert m_dev.log_prob(x).device.type == device.type
+
+
+def test_bad_mixture_parameters_are_rejected_not_changed():
+    m = GaussianMixture(2, 2)
+    w, mu, eye = torch.tensor([0.5, 0.5]), torch.zeros(2, 2), torch.eye(2).repeat(2, 1, 1)
+    with pytest.raises(ValueError, match=r"covariances: component\(s\) \[1\] are not positive definite"):
+        m.set_parameters(w, mu, torch.stack([torch.eye(2), -torch.eye(2)]))
+    with pytest.raises(ValueError, match=r"covariances: component\(s\) \[0\] are not symmetric"):
+        m.set_parameters(w, mu, torch.stack([torch.tensor([[1.0, 0.5], [0.0, 1.0]]), torch.eye(2)]))
+    with pytest.raises(ValueError, match="weights: contains 1 NaN"):
+        m.set_parameters(torch.tensor([float("nan"), 0.5]), mu, eye)
+    noise = m.base.sample(2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"k: component indices must lie in \[0, 2\)"):
+        m.transform(noise, component=torch.tensor([-1, -1]))
+    assert torch.equal(m.covariances, eye.double())  # nothing was changed by the refused calls

@@ -204,3 +204,51 @@ def test_digits_classifier_lives_in_nn_and_trains_on_shifted_digits():
     assert torch.equal(xa[12:18, :, :, :-1], x[:, :, :, 1:])  # one pixel left
     assert torch.equal(xa[18:24, :, 1:], x[:, :, :-1])  # one pixel down
     assert torch.equal(xa[24:, :, :-1], x[:, :, 1:])  # one pixel up
+
+
+class _HalfNaN(torch.nn.Module):
+    """A sampler from the true eight Gaussians whose every other sample is NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def sample(self, n, generator=None):
+        x = data.eight_gaussians_density().sample(n, generator=torch.Generator().manual_seed(0)).float()
+        x[::2] = float("nan")
+        return x
+
+
+def test_evaluate_counts_non_finite_samples_as_lost_mass():
+    out = metrics.evaluate(_HalfNaN(), n=20_000)
+    assert out["non_finite"] == 10_000
+    # half the mass is missing: far from the 0.0045 floor, and no better than on_mode 0.5
+    assert out["binned_kl"] > 0.3 and out["on_mode"] <= 0.5 and out["w2"] == float("inf")
+    assert out["modes_covered"] == 8  # each mode still holds more than 1% of all samples
+
+    class AllNaN(_HalfNaN):
+        def sample(self, n, generator=None):
+            return torch.full((n, 2), float("nan"))
+
+    with pytest.raises(ValueError, match="all 100 samples are NaN or infinite"):
+        metrics.evaluate(AllNaN(), n=100)
+
+
+def test_nll_checks_the_shape_log_prob_returns():
+    mix = data.eight_gaussians_density()
+    assert abs(metrics.nll(mix.log_prob, n=2000) - 2.61) < 0.1
+    with pytest.raises(ValueError, match=r"log_prob: expected one log-density per row, shape \(2000,\), got \(\)"):
+        metrics.nll(lambda x: mix.log_prob(x).mean(), n=2000)
+
+
+def test_evaluation_leaves_the_model_as_it_was():
+    from genlib.models import flows
+
+    torch.manual_seed(0)
+    flow = flows.coupling_flow(2, n_layers=2, hidden=8)
+    flow.train()
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    metrics.nll(flow, n=500)
+    metrics.evaluate(flow, n=500, with_nll=False)
+    assert flow.training and all(m.training for m in flow.modules())
+    assert all(torch.equal(v, flow.state_dict()[k]) for k, v in before.items())  # ActNorm not initialised

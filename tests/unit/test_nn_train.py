@@ -93,8 +93,9 @@ def test_fit_raises_on_nan_data():
 
 
 def test_fit_raises_naming_the_step_on_a_diverging_loss():
-    # gradient descent on a quadratic with step 10 multiplies the error by -9 each step: it overflows
-    with pytest.raises(train.TrainingDiverged, match=r"at step \d+ of 200 \(lr=10.0\)"):
+    # gradient descent on a quadratic with step 10 multiplies the error by -9 each step: caught as it blows up,
+    # long before the overflow
+    with pytest.raises(train.TrainingDiverged, match=r"loss became .* at step [1-9] of 200 \(lr=10.0"):
         train.fit(Gaussian(), data.eight_gaussians(64, seed=0) + 5, steps=200, lr=10.0, optimizer="sgd",
                   betas=(0.0, 0.0), clip_grad=None, progress=False)
 
@@ -265,3 +266,43 @@ def test_a_players_diverging_loss_raises_naming_the_player_and_the_step():
     with pytest.raises(ValueError, match=r"players\[critic\].updates: expected an int >= 1"):
         train.fit(m, x, players=[train.Player("critic", [m.a], lambda b: b.sum(), updates=0)], steps=1,
                   progress=False)
+
+
+@pytest.mark.parametrize("option,value,match", [
+    ("clip_grad", -1.0, "clip_grad"), ("clip_grad", 0.0, "clip_grad"), ("clip_grad", float("nan"), "clip_grad"),
+    ("weight_decay", -1e-3, "weight_decay"), ("betas", (0.9,), "betas"), ("betas", (0.9, 1.5), "betas"),
+    ("warmup", -1, "warmup"), ("warmup", 2.5, "warmup"), ("seed", -3, "seed"), ("ema", 1.0, "ema"),
+    ("lr", float("inf"), "lr"), ("steps", 0, "steps"), ("batch_size", 0, "batch_size"),
+])
+def test_fit_rejects_every_bad_numeric_option(option, value, match):
+    """A negative clip trained uphill and a zero clip froze training: every numeric option is checked."""
+    with pytest.raises((ValueError, TypeError), match=match):
+        train.fit(Gaussian(), data.eight_gaussians(64, seed=0), steps=5, progress=False, **{option: value})
+
+
+def test_fit_catches_a_blow_up_before_the_loss_is_infinite():
+    # Adam at lr 1e6 takes the loss from about 5 to 1e28 without ever producing inf or NaN
+    model = nn.MLP(2, 2, hidden=16, depth=2)
+
+    def loss(m, x):
+        return (m(x) - x).pow(2).sum(1).mean()
+
+    with pytest.raises(train.TrainingDiverged, match=r"(loss|parameters' norm) became .* at step \d+ of 50"):
+        train.fit(model, data.eight_gaussians(256, seed=0), loss_fn=loss, steps=50, lr=1e6, progress=False)
+
+
+def test_fit_catches_a_nan_gradient_on_the_last_step():
+    m = Gaussian()
+    calls = {"n": 0}
+
+    def loss(model, x):
+        calls["n"] += 1
+        value = model.loss(x)
+        if calls["n"] == 3:  # the last step: a finite loss whose gradient is NaN
+            return value + (torch.sqrt(model.mu[0] - 1e9) * 0).nan_to_num(0.0)
+        return value
+
+    for clip in (1.0, None):  # with clipping the gradient is checked; without, the parameters after the step
+        calls["n"] = 0
+        with pytest.raises(train.TrainingDiverged, match=r"(gradient's|parameters') norm became nan at step 2 of 3"):
+            train.fit(m, data.eight_gaussians(64, seed=0), loss_fn=loss, steps=3, clip_grad=clip, progress=False)

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -65,6 +66,7 @@ def test_mismatched_cache_entry_is_retrained(tmp_cache, toy_recipe):
     path = zoo.cache_path(toy_recipe)
     payload = torch.load(path, weights_only=True)
     payload["state_dict"] = {k: torch.full_like(v, float("nan")) for k, v in payload["state_dict"].items()}
+    payload["checksum"] = zoo._checksum(payload["state_dict"], payload["history"])  # written so, not damaged
     torch.save(payload, path)
     with pytest.warns(UserWarning, match="non-finite"):
         m = zoo.get(toy_recipe, device="cpu", progress=False)
@@ -383,3 +385,142 @@ def test_prefetch_a_recipe_that_starts_from_another_registered_at_run_time(tmp_c
             assert torch.equal(a, b)
     finally:
         zoo._REGISTRY.pop(("toy_test_dep", "eight_gaussians"), None)
+
+
+# ------------------------------------------------------------------------------- a cache that cannot lie
+
+
+def test_a_damaged_entry_with_finite_weights_is_retrained(tmp_cache, toy_recipe):
+    a = zoo.get(toy_recipe, device="cpu", progress=False)
+    path = zoo.cache_path(toy_recipe)
+    payload = torch.load(path, weights_only=True)
+    w = payload["state_dict"]["net.0.weight"]
+    w.view(torch.int32)[0, 0] ^= 1 << 20  # one flipped bit: still a finite weight
+    assert torch.isfinite(w).all() and not torch.equal(w, a.net[0].weight)
+    torch.save(payload, path)
+    with pytest.warns(UserWarning, match="checksum does not match"):
+        b = zoo.get(toy_recipe, device="cpu", progress=False)
+    assert torch.equal(a.net[0].weight, b.net[0].weight)
+
+
+def test_a_malformed_history_is_retrained_not_a_crash(tmp_cache, toy_recipe):
+    zoo.get(toy_recipe, device="cpu", progress=False)
+    path = zoo.cache_path(toy_recipe)
+    payload = torch.load(path, weights_only=True)
+    payload["history"] = {"loss": "not a list of numbers", "steps": None}
+    payload["checksum"] = zoo._checksum(payload["state_dict"], payload["history"])
+    torch.save(payload, path)
+    with pytest.warns(UserWarning, match="unusable"):
+        m = zoo.get(toy_recipe, device="cpu", progress=False)
+    assert len(m.history.loss) == 30
+
+
+def test_the_key_follows_the_code_not_its_comments(monkeypatch):
+    r = zoo.recipe("flow")
+    key = zoo.cache_key("flow")
+    original = zoo._source
+
+    def edited(change):
+        def source(name):
+            text = original(name)
+            return change(text) if name == "genlib.models.flows" else text
+        return source
+
+    def rekey(change):
+        monkeypatch.setattr(zoo, "_source", edited(change))
+        zoo._module_code.cache_clear()
+        zoo.code_fingerprint.cache_clear()
+        return zoo.cache_key("flow")
+
+    try:
+        assert "genlib.models.flows" in zoo._code_modules(r)
+        # a comment, a docstring and the layout change nothing
+        assert rekey(lambda t: t.replace('"""A normalizing flow:', '"""A normalising flow:') + "\n# a comment\n") == key
+        # code does: a changed constant in the spline couplings
+        assert rekey(lambda t: t.replace("_MIN_DERIV = ", "_MIN_DERIV = 0.5 * ")) != key
+        # and so does code in a module the flow imports (the solvers, through genlib.models.flows' imports)
+        assert "genlib.solvers" in zoo._module_code("genlib.models.flows")[1]
+    finally:
+        monkeypatch.setattr(zoo, "_source", original)
+        zoo._module_code.cache_clear()
+        zoo.code_fingerprint.cache_clear()
+    assert zoo.cache_key("flow") == key
+
+
+def test_an_unwritable_cache_keeps_the_model_and_warns_once(tmp_path, monkeypatch, toy_recipe):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("GENLIB_CACHE", str(blocker / "cache"))  # a folder below a file: never writable
+    zoo._UNWRITABLE.clear()
+    with pytest.warns(UserWarning, match=r"cannot write the model cache at .*a_file/cache"):
+        m = zoo.get(toy_recipe, device="cpu", progress=False)
+    assert len(m.history.loss) == 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second model trains without a second warning
+        zoo.get(toy_recipe, seed=1, device="cpu", progress=False)
+
+
+def test_an_empty_cache_variable_means_the_default_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GENLIB_CACHE", "")
+    assert zoo.cache_dir() == tmp_path / ".cache" / "genlib"
+
+
+def test_a_folder_where_the_entry_belongs_is_survived(tmp_cache, toy_recipe):
+    zoo._UNWRITABLE.clear()
+    zoo.cache_path(toy_recipe).mkdir(parents=True)
+    with pytest.warns(UserWarning, match="cannot write"):
+        m = zoo.get(toy_recipe, device="cpu", progress=False)
+    assert len(m.history.loss) == 30
+
+
+def test_clear_cache_stays_inside_the_cache(tmp_cache, tmp_path):
+    outside = tmp_path / "x-keep.pt"
+    outside.write_text("")
+    for bad in ("../x", "..", "a/b", "", "*"):
+        with pytest.raises(ValueError, match="key: expected a recipe key"):
+            zoo.clear_cache(bad)
+    assert outside.exists()
+
+
+def test_two_threads_needing_one_model_train_it_once(tmp_cache):
+    import threading
+
+    calls = []
+
+    def counting(model, x, **settings):
+        calls.append(1)
+        return _train(model, x, **settings)
+
+    zoo.register("toy_lock", "eight_gaussians", _build, {"hidden": 8}, TOY_DATA, {"steps": 30}, trainer=counting)
+    try:
+        out, errors = [], []
+
+        def worker():
+            try:
+                out.append(zoo.get("toy_lock", device="cpu", progress=False))
+            except Exception as err:  # noqa: BLE001
+                errors.append(err)
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(out) == 2 and len(calls) == 1
+        assert torch.equal(out[0].net[0].weight, out[1].net[0].weight)
+        assert not list(tmp_cache.glob("*.tmp*"))  # no temporary file left behind
+    finally:
+        zoo._REGISTRY.pop(("toy_lock", "eight_gaussians"), None)
+
+
+def test_convolutional_models_train_on_one_thread():
+    before = torch.get_num_threads()
+    conv = zoo.recipe("vqvae", "digits").build()
+    mlp = zoo.recipe("flow").build()
+    seen = {}
+    with zoo._threads(conv):
+        seen["conv"] = torch.get_num_threads()
+    with zoo._threads(mlp):
+        seen["mlp"] = torch.get_num_threads()
+    assert seen == {"conv": 1, "mlp": before} and torch.get_num_threads() == before
