@@ -38,7 +38,7 @@ from torch import nn
 from ._util import check_positive_int, resolve_device, seeded
 
 __all__ = ["Recipe", "HEADLINE", "SECOND_DATASET", "TRAINERS", "register", "variant", "get", "families", "models",
-           "recipe", "cache_dir", "cache_path", "cache_key", "clear_cache", "prefetch"]
+           "recipe", "cache_dir", "cache_path", "cache_key", "code_fingerprint", "clear_cache", "prefetch"]
 
 # configuration keys that change no weight (a progress bar's label): left out of the cache key
 COSMETIC = ("desc",)
