@@ -161,8 +161,7 @@ def fit(
     """Train `model` by minimising ``model.loss(*batch)`` (or ``loss_fn(model, *batch)``) with minibatch gradient steps.
 
     `data` is a tensor (N, ...) or a tuple of tensors sharing N (for example images and labels).
-    The model and data move to `device` (default: the model's device); floating-point data are cast to the
-    model's parameter dtype (float64 data train a float32 model in float32). Returns a :class:`History`,
+    The model and data move to `device` (default: the model's device). Returns a :class:`History`,
     also stored as ``model.history``. Raises ValueError if the data hold NaN/inf and
     :class:`TrainingDiverged` naming the step if the loss does. With ``ema`` (a decay in (0, 1), e.g. 0.999)
     the model ends with the exponential moving average of its parameters over the run instead of the last
@@ -218,10 +217,7 @@ def fit(
                 raise ValueError(f"players: {pl.name} has no trainable parameters")
     device = module_device(model, data[0].device) if device is None else torch.device(device)
     model.to(device)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    # floating data take the model's dtype (a float64 batch for a float32 network); integer data stay as they are
-    data = tuple(d.to(device=device, dtype=dtype if dtype is not None and d.is_floating_point() else d.dtype)
-                 for d in data)
+    data = tuple(d.to(device) for d in data)
     with seeded(seed, device):  # the run draws from a seeded stream; the caller's global state is restored after
         return _fit(model, data, players, steps, batch_size, lr, optimizer, weight_decay, betas, clip_grad, schedule,
                     warmup, seed, callback, progress, desc, ema, jitter, device)

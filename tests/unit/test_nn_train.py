@@ -306,17 +306,3 @@ def test_fit_catches_a_nan_gradient_on_the_last_step():
         calls["n"] = 0
         with pytest.raises(train.TrainingDiverged, match=r"(gradient's|parameters') norm became nan at step 2 of 3"):
             train.fit(m, data.eight_gaussians(64, seed=0), loss_fn=loss, steps=3, clip_grad=clip, progress=False)
-
-
-def test_fit_casts_float64_data_to_the_models_dtype():
-    from genlib.models import flows
-
-    torch.manual_seed(0)
-    a = flows.coupling_flow(2, n_layers=2, hidden=8)
-    torch.manual_seed(0)
-    b = flows.coupling_flow(2, n_layers=2, hidden=8)
-    x = data.eight_gaussians(256, seed=0)
-    train.fit(a, x, steps=5, batch_size=64, progress=False)
-    train.fit(b, x.double(), steps=5, batch_size=64, progress=False)  # torch's dtype error before
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
-    assert all(p.dtype == torch.float32 for p in b.parameters())
